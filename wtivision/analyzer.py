@@ -1,0 +1,216 @@
+"""The ``Analyzer``: one photo in, one :class:`ImageFindings` out.
+
+It chains steps over the decoded image: detection, per-object classification (a
+firearm crop goes to the typology classifier) and OCR on marking / case-head
+regions. Steps are pluggable: anything with ``name``, ``models()`` and
+``__call__(image, findings)`` can be added.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import time
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from . import __version__
+from .errors import ImageError
+from .media import Limits, load_image
+from .registry import Registry
+from .results import CaptureMetadata, ImageFindings, ModelRef
+from .runtime import ImageClassifier, RuntimeOptions, YoloDetector
+from .taxonomy import FIREARM, TYPOLOGY_CLASSES
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Step(Protocol):
+    name: str
+
+    def models(self) -> list[ModelRef]: ...
+
+    def __call__(self, image: np.ndarray, findings: ImageFindings) -> None: ...
+
+
+def crop(image: np.ndarray, box: list[float], margin: float = 0.05) -> np.ndarray:
+    """Crop ``box`` (xyxy) from ``image`` with a relative margin, clipped to the image."""
+    h, w = image.shape[:2]
+    x1, y1, x2, y2 = box
+    mx, my = (x2 - x1) * margin, (y2 - y1) * margin
+    xa, ya = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
+    xb, yb = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
+    if xb <= xa or yb <= ya:
+        return image[0:0, 0:0]
+    return image[ya:yb, xa:xb]
+
+
+class DetectStep:
+    """Runs the object detector and appends Detections."""
+
+    name = "detect"
+
+    def __init__(self, detector: YoloDetector):
+        self.detector = detector
+
+    def models(self) -> list[ModelRef]:
+        return [self.detector.spec.ref()]
+
+    def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
+        findings.detections.extend(self.detector.detect(image))
+
+
+class TypologyStep:
+    """Classifies each firearm crop (or the whole photo if no detector ran) by typology."""
+
+    name = "typology"
+
+    def __init__(self, classifier: ImageClassifier, min_side: int = 24, whole_image_fallback: bool = False):
+        self.classifier = classifier
+        self.min_side = min_side
+        self.whole_image_fallback = whole_image_fallback
+
+    def models(self) -> list[ModelRef]:
+        return [self.classifier.spec.ref()]
+
+    def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
+        done = False
+        for i, det in enumerate(findings.detections):
+            if det.family != FIREARM:
+                continue
+            patch = crop(image, det.box)
+            if min(patch.shape[:2]) < self.min_side:
+                continue
+            findings.classifications.append(
+                self.classifier.classify(patch, label_map=TYPOLOGY_CLASSES, detection_index=i)
+            )
+            done = True
+        if not done and self.whole_image_fallback:
+            findings.classifications.append(self.classifier.classify(image, label_map=TYPOLOGY_CLASSES))
+
+
+def model_set_id(refs: list[ModelRef]) -> str:
+    """A short stable id of a set of models (their SHA-256s), used to key stored results."""
+    h = hashlib.sha256()
+    for sha in sorted(r.sha256 for r in refs):
+        h.update(sha.encode())
+    return h.hexdigest()[:16]
+
+
+class Analyzer:
+    """Analyse photos with the bundled (or given) models.
+
+    >>> from wtivision import Analyzer
+    >>> findings = Analyzer().analyze("photo.jpg")          # doctest: +SKIP
+    >>> [(d.label, round(d.confidence, 2)) for d in findings.detections]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        models_dir: str | os.PathLike[str] | None = None,
+        steps: list[Step] | None = None,
+        limits: Limits = Limits(),
+        runtime: RuntimeOptions = RuntimeOptions(),
+        conf_threshold: float = 0.25,
+        iou_threshold: float = 0.7,
+        ocr: bool = True,
+    ) -> None:
+        self.registry = Registry(models_dir)
+        self.limits = limits
+        self.runtime = runtime
+        if steps is None:
+            steps = self._default_steps(conf_threshold, iou_threshold, ocr)
+        self.steps: list[Step] = list(steps)
+        self._model_refs = [ref for step in self.steps for ref in step.models()]
+        self.model_set = model_set_id(self._model_refs)
+
+    def _default_steps(self, conf: float, iou: float, ocr: bool) -> list[Step]:
+        steps: list[Step] = []
+        reg = self.registry
+        det_spec = reg.default_for("detector")
+        if det_spec is not None:
+            steps.append(DetectStep(YoloDetector(det_spec, reg, self.runtime, conf, iou)))
+        typ_spec = reg.default_for("typology")
+        if typ_spec is not None:
+            steps.append(TypologyStep(ImageClassifier(typ_spec, reg, self.runtime),
+                                      whole_image_fallback=det_spec is None))
+        if ocr and reg.default_for("ocr_rec") is not None:
+            from .ocr import OcrStep  # local: OCR code loads only when OCR models ship
+
+            steps.append(OcrStep.from_registry(reg, self.runtime))
+        if not steps:
+            logger.warning("no default models in %s: analysis will only hash and read metadata", reg.root)
+        return steps
+
+    @property
+    def models(self) -> list[ModelRef]:
+        return list(self._model_refs)
+
+    def _new_findings(self, path: str) -> ImageFindings:
+        return ImageFindings(
+            path=path,
+            models=self.models,
+            analyzed_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            wtivision_version=__version__,
+        )
+
+    def run_steps(self, image: np.ndarray, findings: ImageFindings) -> ImageFindings:
+        for step in self.steps:
+            t0 = time.perf_counter()
+            step(image, findings)
+            findings.timings[step.name] = round((time.perf_counter() - t0) * 1000.0, 2)
+        return findings
+
+    def analyze(self, source: str | os.PathLike[str] | np.ndarray, path: str | None = None) -> ImageFindings:
+        """Analyse a photo file (read-only) or a BGR uint8 array.
+
+        Never raises for a bad photo: the returned findings then have ``status="error"``
+        with ``error`` and ``error_code`` set (and ``sha256`` when the bytes could be read).
+        """
+        if isinstance(source, np.ndarray):
+            findings = self._new_findings(path or "<array>")
+            if source.ndim != 3 or source.shape[2] != 3 or source.dtype != np.uint8:
+                findings.status, findings.error_code = "error", "bad_array"
+                findings.error = f"expected an HxWx3 uint8 BGR array, got {source.shape} {source.dtype}"
+                return findings
+            findings.sha256 = hashlib.sha256(np.ascontiguousarray(source).tobytes()).hexdigest()
+            findings.height, findings.width = source.shape[:2]
+            findings.format = "array"
+            findings.capture = CaptureMetadata()
+            return self._run_guarded(source, findings)
+
+        findings = self._new_findings(path or os.fspath(source))
+        t0 = time.perf_counter()
+        try:
+            loaded = load_image(source, self.limits)
+        except ImageError as exc:
+            findings.status, findings.error, findings.error_code = "error", str(exc), exc.code
+            findings.sha256 = getattr(exc, "sha256", "")
+            findings.size_bytes = getattr(exc, "size_bytes", 0)
+            return findings
+        findings.timings["load"] = round((time.perf_counter() - t0) * 1000.0, 2)
+        findings.sha256 = loaded.sha256
+        findings.size_bytes = loaded.size_bytes
+        findings.width, findings.height = loaded.width, loaded.height
+        findings.format = loaded.format
+        findings.capture = loaded.capture
+        return self._run_guarded(loaded.array, findings)
+
+    def _run_guarded(self, image: np.ndarray, findings: ImageFindings) -> ImageFindings:
+        try:
+            return self.run_steps(image, findings)
+        except MemoryError:
+            findings.status, findings.error_code = "error", "out_of_memory"
+            findings.error = "ran out of memory while analysing this photo"
+        except Exception as exc:  # a model failure on one photo must not stop a batch
+            logger.exception("analysis failed for %s", findings.path)
+            findings.status, findings.error_code = "error", "analysis_failed"
+            findings.error = f"{type(exc).__name__}: {exc}"
+        findings.detections.clear()
+        findings.classifications.clear()
+        findings.texts.clear()
+        return findings

@@ -1,0 +1,133 @@
+"""Numpy image and box operations shared by the runners (no onnxruntime here).
+
+The letterbox and box-rescaling arithmetic follows ultralytics' conventions so
+that an exported YOLO model gives the same boxes here as in ultralytics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_WH = 7680.0  # class offset for per-class NMS (boxes of different classes never overlap)
+
+
+def letterbox(
+    image: np.ndarray,
+    new_shape: tuple[int, int] = (640, 640),
+    color: int = 114,
+    scaleup: bool = True,
+) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping aspect ratio and pad to ``new_shape`` (h, w), centred.
+
+    Returns the padded image, the scale ``r`` applied and the padding (left, top).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    nh, nw = new_shape
+    r = min(nh / h, nw / w)
+    if not scaleup:
+        r = min(r, 1.0)
+    new_unpad_w, new_unpad_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (nw - new_unpad_w) / 2, (nh - new_unpad_h) / 2
+    if (w, h) != (new_unpad_w, new_unpad_h):
+        image = cv2.resize(image, (new_unpad_w, new_unpad_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    if image.ndim == 2:
+        image = image[:, :, None]
+    out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(color,) * 3)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out, r, (float(left), float(top))
+
+
+def xywh2xyxy(boxes: np.ndarray) -> np.ndarray:
+    out = np.empty_like(boxes)
+    half_w, half_h = boxes[..., 2] / 2, boxes[..., 3] / 2
+    out[..., 0] = boxes[..., 0] - half_w
+    out[..., 1] = boxes[..., 1] - half_h
+    out[..., 2] = boxes[..., 0] + half_w
+    out[..., 3] = boxes[..., 1] + half_h
+    return out
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix between (N, 4) and (M, 4) xyxy boxes."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression. Returns kept indices, highest score first."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(x1[i], x1[rest])
+        yy1 = np.maximum(y1[i], y1[rest])
+        xx2 = np.minimum(x2[i], x2[rest])
+        yy2 = np.minimum(y2[i], y2[rest])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        union = areas[i] + areas[rest] - inter
+        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def scale_boxes(
+    boxes: np.ndarray, ratio: float, pad: tuple[float, float], original_shape: tuple[int, int]
+) -> np.ndarray:
+    """Map xyxy boxes from letterboxed input pixels back to the original (h, w), clipped."""
+    out = np.asarray(boxes, dtype=np.float64).copy()
+    out[:, [0, 2]] -= pad[0]
+    out[:, [1, 3]] -= pad[1]
+    out /= ratio
+    h, w = original_shape
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+def yolo_postprocess(
+    raw: np.ndarray,
+    conf_threshold: float = 0.25,
+    iou_threshold: float = 0.7,
+    max_det: int = 300,
+    agnostic: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one image's raw YOLOv8/11 head output (4 + nc, N) into boxes, scores, classes.
+
+    Boxes are xyxy in letterboxed input pixels. Per-class NMS unless ``agnostic``.
+    """
+    pred = np.asarray(raw, dtype=np.float32)
+    if pred.ndim == 3:
+        if pred.shape[0] != 1:
+            raise ValueError("yolo_postprocess takes one image's output; loop over the batch")
+        pred = pred[0]
+    pred = pred.T  # (N, 4 + nc)
+    scores_all = pred[:, 4:]
+    cls = scores_all.argmax(axis=1)
+    scores = scores_all[np.arange(len(pred)), cls]
+    mask = scores > conf_threshold
+    boxes = xywh2xyxy(pred[mask, :4])
+    scores, cls = scores[mask], cls[mask]
+    if not len(scores):
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    offset = 0.0 if agnostic else cls[:, None].astype(np.float64) * MAX_WH
+    keep = nms(boxes + offset, scores, iou_threshold)[:max_det]
+    return boxes[keep], scores[keep], cls[keep].astype(np.int64)

@@ -1,0 +1,168 @@
+"""onnxruntime sessions and the two generic runners: YOLO-style detection and
+image classification. Outputs of the ONNX graphs are raw; all post-processing is
+numpy (``wtivision.ops``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelError, require
+from .ops import letterbox, scale_boxes, yolo_postprocess
+from .registry import ModelSpec, Registry
+from .results import Classification, Detection
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """onnxruntime settings. ``intra_threads=0`` lets onnxruntime choose (all cores)."""
+
+    intra_threads: int = 0
+    inter_threads: int = 1
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+
+
+def create_session(path: str, options: RuntimeOptions = RuntimeOptions()) -> Any:
+    ort = require("onnxruntime", "core", "running ONNX models")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = options.intra_threads
+    so.inter_op_num_threads = options.inter_threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=list(options.providers))
+    except Exception as exc:
+        raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
+
+
+class OnnxModel:
+    """A verified model file and its session (created on first use)."""
+
+    def __init__(self, spec: ModelSpec, registry: Registry, options: RuntimeOptions = RuntimeOptions()):
+        self.spec = spec
+        self.registry = registry
+        self.options = options
+        self.path = registry.verify(spec)  # SHA-256 before anything else touches the file
+        self._session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = create_session(str(self.path), self.options)
+            self.input_name = self._session.get_inputs()[0].name
+        return self._session
+
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        sess = self.session
+        return sess.run(None, {self.input_name: batch})
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+class YoloDetector(OnnxModel):
+    """Runs an ultralytics YOLOv8/11 detection graph exported to ONNX (output 1 x (4+nc) x N)."""
+
+    def __init__(self, spec: ModelSpec, registry: Registry, options: RuntimeOptions = RuntimeOptions(),
+                 conf_threshold: float = 0.25, iou_threshold: float = 0.7, max_det: int = 300):
+        super().__init__(spec, registry, options)
+        if spec.task != "detect":
+            raise ModelError(f"model {spec.name!r} has task {spec.task!r}, not 'detect'")
+        self.conf_threshold = conf_threshold
+        self.iou_threshold = iou_threshold
+        self.max_det = max_det
+        h, w = (spec.input_size + spec.input_size)[:2] if len(spec.input_size) == 1 else spec.input_size[:2]
+        self.input_hw = (int(h), int(w))
+        self.pad_value = int(spec.preprocessing.get("pad_value", 114))
+
+    def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
+        padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value)
+        x = padded[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
+        x = np.ascontiguousarray(x, dtype=np.float32) / 255.0
+        return x[None], r, pad
+
+    def raw(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
+        x, r, pad = self.preprocess(image_bgr)
+        return self.run(x)[0], r, pad
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        out, r, pad = self.raw(image_bgr)
+        boxes, scores, cls = yolo_postprocess(
+            out, self.conf_threshold, self.iou_threshold, self.max_det
+        )
+        boxes = scale_boxes(boxes, r, pad, image_bgr.shape[:2])
+        names = self.spec.classes
+        dets = []
+        for b, s, c in zip(boxes, scores, cls):
+            if c >= len(names):
+                raise ModelError(f"model {self.name!r} predicted class {c}, manifest lists {len(names)}")
+            dets.append(Detection.of(names[c], float(s), [round(float(v), 2) for v in b], model=self.name))
+        return dets
+
+
+class ImageClassifier(OnnxModel):
+    """Runs an ultralytics-style classification graph (input 1x3xSxS RGB in [0, 1]).
+
+    Preprocessing matches ultralytics' classify transforms: resize the shorter side to
+    S with PIL bilinear, centre-crop S x S, scale to [0, 1] (mean 0, std 1 unless the
+    manifest's preprocessing says otherwise).
+    """
+
+    def __init__(self, spec: ModelSpec, registry: Registry, options: RuntimeOptions = RuntimeOptions()):
+        super().__init__(spec, registry, options)
+        if spec.task != "classify":
+            raise ModelError(f"model {spec.name!r} has task {spec.task!r}, not 'classify'")
+        self.size = int(spec.input_size[0])
+        self.mean = np.asarray(spec.preprocessing.get("mean", [0.0, 0.0, 0.0]), np.float32)[:, None, None]
+        self.std = np.asarray(spec.preprocessing.get("std", [1.0, 1.0, 1.0]), np.float32)[:, None, None]
+        self.output_is_prob = bool(spec.preprocessing.get("output_softmax", True))
+
+    def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        rgb = Image.fromarray(np.ascontiguousarray(image_bgr[:, :, ::-1]))
+        w, h = rgb.size
+        s = self.size
+        if w <= h:
+            nw, nh = s, int(s * h / w)
+        else:
+            nw, nh = int(s * w / h), s
+        rgb = rgb.resize((nw, nh), Image.BILINEAR)
+        left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))
+        rgb = rgb.crop((left, top, left + s, top + s))
+        x = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        x = (x - self.mean) / self.std
+        return np.ascontiguousarray(x[None], dtype=np.float32)
+
+    def probabilities(self, image_bgr: np.ndarray) -> np.ndarray:
+        out = self.run(self.preprocess(image_bgr))[0][0].astype(np.float64)
+        if not self.output_is_prob:
+            out = np.exp(out - out.max())
+            out /= out.sum()
+        return out
+
+    def classify(self, image_bgr: np.ndarray, k: int = 3, label_map: dict[str, str] | None = None,
+                 detection_index: int | None = None) -> Classification:
+        p = self.probabilities(image_bgr)
+        order = np.argsort(-p)[:k]
+        names = self.spec.classes
+
+        def name(i: int) -> str:
+            return label_map.get(names[i], names[i]) if label_map else names[i]
+
+        best = int(order[0])
+        return Classification(
+            task=self.spec.role or "classify",
+            label=name(best),
+            confidence=float(p[best]),
+            top_k=[(name(int(i)), float(p[i])) for i in order],
+            detection_index=detection_index,
+            original_label=names[best],
+            model=self.name,
+        )
