@@ -71,9 +71,19 @@ def read_original(path: str | os.PathLike[str], limits: Limits = Limits()) -> tu
     except OSError as exc:
         raise ImageError(f"cannot stat {p}: {exc}", "io_error") from exc
     if size == 0:
-        raise ImageError("file is empty (0 bytes)", "empty")
+        exc = ImageError("file is empty (0 bytes)", "empty")
+        exc.sha256 = hashlib.sha256(b"").hexdigest()  # type: ignore[attr-defined]
+        raise exc
     if size > limits.max_bytes:
-        raise ImageError(f"file is {size} bytes, over the limit of {limits.max_bytes}", "too_large")
+        exc = ImageError(f"file is {size} bytes, over the limit of {limits.max_bytes}", "too_large")
+        try:  # still fingerprint the refused original, streaming, without holding it in memory
+            from .registry import sha256_file
+
+            exc.sha256 = sha256_file(p)  # type: ignore[attr-defined]
+        except OSError:
+            pass
+        exc.size_bytes = size  # type: ignore[attr-defined]
+        raise exc
     try:
         with open(p, "rb") as fh:
             data = fh.read()

@@ -1,0 +1,66 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO, write_photo
+from wtivision.analyzer import Analyzer
+from wtivision.errors import ModelIntegrityError, ModelNotFoundError
+
+
+def test_boxes_come_back_in_original_pixels(tiny_models_dir, tmp_path):
+    photo = write_photo(tmp_path / "p.jpg", w=320, h=240)
+    f = Analyzer(models_dir=tiny_models_dir, ocr=False).analyze(photo)
+    assert f.ok, f.error
+    # letterbox 320x240 -> 64x64: r = 0.2, 8 px of padding on top; see TINY_RAW
+    got = [(d.label, round(d.confidence, 3), d.box) for d in f.detections]
+    assert got == [("pistol", 0.9, [40.0, 100.0, 120.0, 140.0]), ("cartridge", 0.7, [220.0, 100.0, 260.0, 140.0])]
+    assert [d.family for d in f.detections] == ["firearm", "ammunition"]
+    assert f.models[0].name == "tiny-detector" and len(f.models[0].sha256) == 64
+    assert f.width == 320 and f.height == 240 and len(f.sha256) == 64
+
+
+def test_array_input_and_bad_array(tiny_models_dir):
+    a = Analyzer(models_dir=tiny_models_dir, ocr=False)
+    f = a.analyze(np.zeros((240, 320, 3), np.uint8))
+    assert f.ok and len(f.detections) == 2 and f.format == "array"
+    bad = a.analyze(np.zeros((10, 10), np.float32))
+    assert bad.status == "error" and bad.error_code == "bad_array"
+
+
+def test_altered_model_is_refused(tiny_models_dir):
+    with open(tiny_models_dir / "tiny.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="tiny.onnx"):
+        Analyzer(models_dir=tiny_models_dir, ocr=False)
+
+
+def test_missing_model_is_named(tiny_models_dir):
+    (tiny_models_dir / "tiny.onnx").unlink()
+    with pytest.raises(ModelNotFoundError, match="tiny.onnx"):
+        Analyzer(models_dir=tiny_models_dir, ocr=False)
+
+
+def test_runtime_never_imports_torch_nor_touches_network(tiny_models_dir, tmp_path):
+    photo = write_photo(tmp_path / "p.png", fmt="PNG")
+    code = f"""
+import socket, sys, os
+def _no_net(*a, **k):
+    raise AssertionError("network access attempted")
+socket.socket.connect = _no_net
+socket.create_connection = _no_net
+before = set(os.listdir('.'))
+import wtivision
+from wtivision import Analyzer
+assert set(os.listdir('.')) == before, "import wrote files"
+f = Analyzer(models_dir={str(tiny_models_dir)!r}).analyze({str(photo)!r})
+assert f.ok and f.detections, f
+from wtivision.cli import build_parser; build_parser()
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'paddle', 'paddleocr', 'albumentations'))
+print('HEAVY', heavy)
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout

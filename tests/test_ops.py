@@ -1,0 +1,61 @@
+import numpy as np
+
+from wtivision.ops import box_iou, letterbox, nms, scale_boxes, yolo_postprocess
+
+
+def test_letterbox_wide_image_hand_computed():
+    img = np.full((100, 200, 3), 7, np.uint8)
+    out, r, (left, top) = letterbox(img, (640, 640))
+    assert out.shape == (640, 640, 3)
+    assert r == 3.2 and left == 0.0 and top == 160.0
+    assert (out[:160] == 114).all() and (out[480:] == 114).all()
+    assert (out[160:480] == 7).all()
+
+
+def test_letterbox_odd_padding_split_like_ultralytics():
+    img = np.zeros((10, 21, 3), np.uint8)
+    out, r, (left, top) = letterbox(img, (32, 32))
+    # 21 -> 32, 10 -> round(15.238) = 15; 17 rows of padding: 8 on top, 9 below
+    assert out.shape == (32, 32, 3) and top == 8.0 and left == 0.0
+    assert (out[:8] == 114).all() and (out[8:23] == 0).all() and (out[23:] == 114).all()
+
+
+def test_nms_hand_case():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], float)
+    scores = np.array([0.9, 0.8, 0.7, 0.95])
+    keep = nms(boxes, scores, 0.5)
+    # box 3 (0.95) suppresses box 0 (IoU 0.9) and box 1 (IoU 0.62); box 2 is apart
+    assert keep.tolist() == [3, 2]
+    assert nms(boxes, scores, 0.95).tolist() == [3, 0, 1, 2]
+
+
+def test_box_iou_values():
+    iou = box_iou([[0, 0, 10, 10]], [[5, 0, 15, 10], [0, 0, 10, 10], [20, 20, 21, 21]])
+    np.testing.assert_allclose(iou[0], [50 / 150, 1.0, 0.0])
+
+
+def test_scale_boxes_inverts_letterbox_and_clips():
+    # 100x200 (h, w) letterboxed to 640: r=3.2, pad top 160
+    boxes = np.array([[32.0, 192.0, 320.0, 320.0], [-10.0, 100.0, 700.0, 600.0]])
+    out = scale_boxes(boxes, 3.2, (0.0, 160.0), (100, 200))
+    np.testing.assert_allclose(out[0], [10, 10, 100, 50])
+    np.testing.assert_allclose(out[1], [0, 0, 200, 100])
+
+
+def test_yolo_postprocess_classwise_nms_and_threshold():
+    # two overlapping boxes of different classes survive; same-class duplicate is suppressed
+    raw = np.array([[
+        [50, 52, 50, 200],
+        [50, 50, 50, 200],
+        [20, 20, 20, 10],
+        [20, 20, 20, 10],
+        [0.9, 0.8, 0.1, 0.3],   # class 0
+        [0.1, 0.1, 0.6, 0.1],   # class 1
+    ]], np.float32)
+    boxes, scores, cls = yolo_postprocess(raw, conf_threshold=0.25, iou_threshold=0.5)
+    assert cls.tolist() == [0, 1, 0]
+    np.testing.assert_allclose(scores, [0.9, 0.6, 0.3], rtol=1e-6)
+    np.testing.assert_allclose(boxes[0], [40, 40, 60, 60])
+    np.testing.assert_allclose(boxes[2], [195, 195, 205, 205])
+    b, s, c = yolo_postprocess(raw, conf_threshold=0.95)
+    assert b.shape == (0, 4) and s.shape == (0,) and c.shape == (0,)

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+
+from wtivision.results import (
+    CaptureMetadata, Classification, Detection, HeadstampRecord, ImageFindings, ModelRef, TextReading,
+)
+from wtivision.schema import results_schema
+
+
+def full_findings() -> ImageFindings:
+    return ImageFindings(
+        path="site-4/ﾌｫﾄ 01.jpg",
+        sha256="a" * 64,
+        size_bytes=1234,
+        width=640,
+        height=480,
+        format="JPEG",
+        capture=CaptureMetadata(datetime_original="2026:01:02 03:04:05", make="Canon", model="EOS",
+                                orientation=6, gps_latitude=-1.5, gps_longitude=29.25, exif={"FNumber": "2.8"}),
+        detections=[Detection.of("rifle", 0.91, [1, 2, 300, 120], model="det"),
+                    Detection.of("case_head", 0.5, [10, 10, 40, 40], model="det")],
+        classifications=[Classification(task="typology", label="bolt_action_long_gun", confidence=0.8,
+                                         top_k=[("bolt_action_long_gun", 0.8), ("revolver", 0.1)],
+                                         detection_index=0, original_label="epaule_a_verrou", model="typ")],
+        texts=[TextReading(kind="headstamp", text="539 78", confidence=0.7, box=[10, 10, 40, 40],
+                           candidates=["539 78", "S39 78"], raw_text="539·78", char_confidences=[0.9] * 6,
+                           needs_review=True, detection_index=1,
+                           headstamp=HeadstampRecord(factory_code="539", year="78", manufacturer="Tula",
+                                                     country="Russia", tokens=["539", "78"]))],
+        models=[ModelRef(name="det", sha256="b" * 64, task="detect", version="1")],
+        timings={"detect": 12.5},
+        also_at=["copy/ﾌｫﾄ 01.jpg"],
+        analyzed_at="2026-11-24T00:00:00+00:00",
+        wtivision_version="0.1.0",
+    )
+
+
+def test_json_round_trip_is_lossless():
+    f = full_findings()
+    text = f.to_json()
+    back = ImageFindings.from_json(text)
+    assert back == f
+    assert isinstance(back.texts[0].headstamp, HeadstampRecord)
+    assert back.classifications[0].top_k[1] == ("revolver", 0.1)
+    assert json.loads(text)["detections"][0]["family"] == "firearm"
+
+
+def test_schema_accepts_real_findings_and_rejects_bad_ones():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = results_schema()
+    jsonschema.validate(json.loads(full_findings().to_json()), schema)
+    jsonschema.validate(json.loads(ImageFindings(path="x.jpg", status="error", error="empty",
+                                                 error_code="empty").to_json()), schema)
+    bad = json.loads(full_findings().to_json())
+    bad["detections"][0]["family"] = "knife"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_invalid_elements_are_refused():
+    with pytest.raises(KeyError):
+        Detection.of("knife", 0.5, [0, 0, 1, 1])
+    with pytest.raises(ValueError):
+        Detection.of("pistol", 0.5, [5, 0, 1, 1])
+    with pytest.raises(ValueError):
+        TextReading(kind="poem", text="x", confidence=1.0, box=[0, 0, 1, 1])
+    with pytest.raises(ValueError, match="unknown field"):
+        ImageFindings.from_dict({"path": "a", "verdict": "guilty"})
