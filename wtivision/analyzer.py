@@ -19,7 +19,7 @@ import numpy as np
 
 from . import __version__
 from .errors import ImageError
-from .media import Limits, load_image
+from .media import Limits, load_image, load_image_bytes
 from .registry import Registry
 from .results import CaptureMetadata, ImageFindings, ModelRef
 from .runtime import ImageClassifier, RuntimeOptions, YoloDetector
@@ -165,8 +165,11 @@ class Analyzer:
             findings.timings[step.name] = round((time.perf_counter() - t0) * 1000.0, 2)
         return findings
 
-    def analyze(self, source: str | os.PathLike[str] | np.ndarray, path: str | None = None) -> ImageFindings:
-        """Analyse a photo file (read-only) or a BGR uint8 array.
+    def analyze(
+        self, source: str | os.PathLike[str] | bytes | np.ndarray, path: str | None = None,
+        sha256: str | None = None,
+    ) -> ImageFindings:
+        """Analyse a photo file (read-only), its bytes, or a BGR uint8 array.
 
         Never raises for a bad photo: the returned findings then have ``status="error"``
         with ``error`` and ``error_code`` set (and ``sha256`` when the bytes could be read).
@@ -183,10 +186,13 @@ class Analyzer:
             findings.capture = CaptureMetadata()
             return self._run_guarded(source, findings)
 
-        findings = self._new_findings(path or os.fspath(source))
+        findings = self._new_findings(path or ("<bytes>" if isinstance(source, bytes) else os.fspath(source)))
         t0 = time.perf_counter()
         try:
-            loaded = load_image(source, self.limits)
+            if isinstance(source, bytes):
+                loaded = load_image_bytes(source, self.limits, sha256)
+            else:
+                loaded = load_image(source, self.limits)
         except ImageError as exc:
             findings.status, findings.error, findings.error_code = "error", str(exc), exc.code
             findings.sha256 = getattr(exc, "sha256", "")

@@ -211,6 +211,16 @@ def decode(data: bytes, limits: Limits = Limits()) -> tuple[np.ndarray, str, Cap
 def load_image(path: str | os.PathLike[str], limits: Limits = Limits()) -> LoadedImage:
     """Read, hash and decode an original. The file is opened read-only and never written."""
     data, digest = read_original(path, limits)
+    return load_image_bytes(data, limits, digest)
+
+
+def load_image_bytes(data: bytes, limits: Limits = Limits(), sha256: str | None = None) -> LoadedImage:
+    """Decode an original already read into memory (``sha256`` of ``data`` if known)."""
+    digest = sha256 or hashlib.sha256(data).hexdigest()
+    if not data:
+        exc = ImageError("file is empty (0 bytes)", "empty")
+        exc.sha256 = digest  # type: ignore[attr-defined]
+        raise exc
     try:
         array, fmt, meta = decode(data, limits)
     except ImageError as exc:

@@ -121,20 +121,20 @@ def _worker_init(config: AnalyzerConfig) -> None:
     _WORKER = config.build()
 
 
-def _worker_analyze(job: tuple[str, bytes, str]) -> tuple[str, str]:
-    key, full, rel = job
+def _worker_analyze(job: tuple[str, bytes, bytes, bytes]) -> tuple[str, str]:
+    key, full, rel, _ = job
     assert _WORKER is not None
     f = _WORKER.analyze(os.fsdecode(full), path=display_path(rel))
     return key, f.to_json()
 
 
-def _hash_key(full: bytes, limits: Limits) -> tuple[str, ImageError | None]:
-    """SHA-256 of the file (the result key), or the reason it cannot be read."""
+def _read_key(full: bytes, limits: Limits) -> tuple[bytes, str, ImageError | None]:
+    """The file's bytes and SHA-256 (the result key), or the reason it cannot be read."""
     try:
-        _, digest = read_original(os.fsdecode(full), limits)
-        return digest, None
+        data, digest = read_original(os.fsdecode(full), limits)
+        return data, digest, None
     except ImageError as exc:
-        return getattr(exc, "sha256", ""), exc
+        return b"", getattr(exc, "sha256", ""), exc
 
 
 def scan(
@@ -184,8 +184,9 @@ def scan(
     pending: dict[str, list[FileRow]] = {}  # key -> files waiting for that key's result
     root_b = os.fsencode(root)
 
-    def jobs() -> Iterator[tuple[str, bytes, str]]:
-        """Settle reusable/duplicate files inline; yield the photos that need analysis."""
+    def jobs() -> Iterator[tuple[str, bytes, bytes, bytes]]:
+        """Settle reusable/duplicate files inline; yield (key, full path, relative path, bytes)
+        for the photos that need analysis (bytes only when analysed in this process)."""
         for c in candidates:
             full = os.path.join(root_b, c.raw)
             rel = display_path(c.raw)
@@ -194,7 +195,7 @@ def scan(
                 summary.reused += 1
                 settle()
                 continue
-            digest, err = _hash_key(full, config.limits)
+            data, digest, err = _read_key(full, config.limits)
             key = digest if err is None else f"path:{rel}"  # unreadable files are keyed by path
             row = FileRow(c.raw, rel, c.size, c.mtime_ns, key)
             if err is not None:
@@ -214,7 +215,7 @@ def scan(
                 settle()
                 continue
             pending[key] = [row]
-            yield key, full, c.raw
+            yield key, full, c.raw, (data if workers == 1 else b"")
 
     def finish(key: str, findings_json: str) -> None:
         rows = pending.pop(key)
@@ -226,8 +227,8 @@ def scan(
     try:
         if workers == 1:
             assert analyzer is not None
-            for key, full, raw in jobs():
-                f = analyzer.analyze(os.fsdecode(full), path=display_path(raw))
+            for key, _full, raw, data in jobs():
+                f = analyzer.analyze(data, path=display_path(raw), sha256=key)
                 finish(key, f.to_json())
         else:
             # All store writes stay in this thread; workers only analyse.
