@@ -1,0 +1,1 @@
+"""Export and conversion tools (need the ``[train]`` extra). Never imported by the runtime."""
