@@ -1,0 +1,2 @@
+"""Dataset tools for wtivision: importers, validation, dedupe, splits, manifests and synthetic generators.
+Used for training only; never imported by the runtime package."""

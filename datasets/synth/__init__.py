@@ -1,0 +1,1 @@
+"""Fixed-seed synthetic data generators (stamped serials, headstamps, object scenes)."""

@@ -1,0 +1,119 @@
+"""Headstamps: find the case head, unwrap the ring around the primer, parse the tokens.
+
+The code table (``headstamp_codes.csv``, shipped with the package and linked from ``datasets/``) maps
+factory codes to manufacturer and country, each row with its public source. Unknown codes are reported
+as unknown, never guessed.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+
+from ..results import HeadstampRecord
+
+NATO_TOKENS = {"⊕", "+", "(+)", "Φ", "⊗", "NATO"}
+# The recogniser has no "⊕": a lone round symbol in a headstamp is read as one of these. Such a token is
+# taken as the NATO mark (and the reading is flagged for review by the caller when it is uncertain).
+NATO_LOOKALIKES = {"O", "0", "Q", "@", "G", "Ø", "Θ", "C", "E", "D"}
+CALIBRE = re.compile(
+    r"^(?:\d{1,2}[.,]\d{1,2}(?:X\d{2,3})?(?:MM|R)?|\.?\d{2,3}(?:SPL|WIN|REM|ACP|AUTO|MAG|SW|S&W)?|\d{1,2}MM|"
+    r"\d{1,2}(?:GA|GAUGE)|\d{1,2}X\d{2,3}R?)$"
+)
+
+
+@dataclass(frozen=True)
+class FactoryCode:
+    code: str
+    manufacturer: str
+    country: str
+    calibres: str
+    source: str
+
+
+@functools.lru_cache(maxsize=1)
+def code_table() -> dict[str, FactoryCode]:
+    text = resources.files(__package__).joinpath("headstamp_codes.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(line for line in text.splitlines() if not line.startswith("#"))
+    return {r["code"].strip().upper(): FactoryCode(r["code"].strip().upper(), r["manufacturer"].strip(),
+                                                   r["country"].strip(), r["calibres"].strip(),
+                                                   r["source"].strip()) for r in rows}
+
+
+def _is_year(tok: str) -> bool:
+    if re.fullmatch(r"(19[0-9]{2}|20[0-4][0-9])", tok):
+        return True
+    return bool(re.fullmatch(r"[0-9]{2}", tok))
+
+
+def parse_headstamp(tokens: list[str]) -> HeadstampRecord:
+    """Interpret headstamp tokens (as read clockwise) into code, year, calibre and NATO mark."""
+    toks = [t.strip().upper() for t in tokens if t.strip()]
+    toks = ["+" if (t in NATO_TOKENS or t in NATO_LOOKALIKES) else t for t in toks]
+    rec = HeadstampRecord(tokens=list(toks))
+    rest: list[str] = []
+    for t in toks:
+        if t in NATO_TOKENS:
+            rec.nato_mark = True
+        elif not rec.calibre and CALIBRE.match(t) and not re.fullmatch(r"\d{1,4}", t):
+            rec.calibre = t.replace(",", ".")
+        else:
+            rest.append(t)
+    table = code_table()
+    known = [t for t in rest if t in table]
+    if known:
+        rec.factory_code = known[0]
+        rest.remove(known[0])
+    years = [t for t in rest if _is_year(t)]
+    if years:
+        rec.year = years[0]
+        rest.remove(years[0])
+    if not rec.factory_code and rest:
+        rec.factory_code = rest[0]  # reported as read; manufacturer stays empty (unknown code)
+    entry = table.get(rec.factory_code)
+    if entry:
+        rec.manufacturer, rec.country, rec.source = entry.manufacturer, entry.country, entry.source
+    return rec
+
+
+def find_case_head(image_bgr: np.ndarray) -> tuple[float, float, float] | None:
+    """The most prominent circle (cx, cy, r) in a case-head crop, or None."""
+    import cv2
+
+    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
+    h, w = gray.shape
+    s = min(h, w)
+    gray = cv2.medianBlur(gray, 5)
+    circles = cv2.HoughCircles(gray, cv2.HOUGH_GRADIENT, dp=1.5, minDist=s / 2, param1=120, param2=40,
+                               minRadius=int(s * 0.25), maxRadius=int(s * 0.6))
+    if circles is None:
+        return None
+    cx, cy, r = circles[0][0]
+    return float(cx), float(cy), float(r)
+
+
+def unwrap_annulus(image_bgr: np.ndarray, center: tuple[float, float], radius: float,
+                   inner: float = 0.38, outer: float = 0.97, start_deg: float = 0.0) -> np.ndarray:
+    """Unwrap the ring between ``inner*radius`` and ``outer*radius`` into a horizontal strip.
+
+    Columns run clockwise from ``start_deg`` (0 = 3 o'clock, 90 = 6 o'clock in image coordinates);
+    rows run from the outer edge (top) to the inner edge, so characters stamped with their tops
+    pointing outward read upright, left to right.
+    """
+    import cv2
+
+    r_out = radius * outer
+    n_ang = max(64, int(2 * np.pi * radius * (inner + outer) / 2))
+    n_rad = max(16, int(round(r_out)))
+    polar = cv2.warpPolar(image_bgr, (n_rad, n_ang), center, r_out,
+                          cv2.INTER_CUBIC + cv2.WARP_POLAR_LINEAR + cv2.WARP_FILL_OUTLIERS)
+    shift = int(round(start_deg / 360.0 * n_ang))
+    polar = np.roll(polar, -shift, axis=0)
+    strip = polar.transpose(1, 0, 2)[::-1]  # rows = radius (outer first), cols = angle
+    r_in_px = int(n_rad * inner / outer)
+    return np.ascontiguousarray(strip[: n_rad - r_in_px])
