@@ -21,15 +21,18 @@ WHEEL_CACHE = Path(os.environ.get("WTIVISION_WHEEL_CACHE", REPO / ".cache" / "wh
 
 
 def offline_ultralytics() -> None:
-    """Make ultralytics safe offline: no hub, no telemetry, no auto-install. Call before importing it."""
+    """Make ultralytics safe offline: no hub, no telemetry or logger integrations, no auto-install.
+    Call before ultralytics is imported anywhere."""
     os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "False"
     os.environ.setdefault("YOLO_CONFIG_DIR", str(Path(tempfile.gettempdir()) / "wtivision-ultralytics"))
     try:
         from ultralytics.utils import SETTINGS
-
-        SETTINGS.update({"sync": False, "hub": False})
-    except Exception as exc:  # pragma: no cover - only when ultralytics is absent
-        logger.debug("ultralytics settings not updated: %s", exc)
+    except ImportError:  # pragma: no cover - only when ultralytics is absent
+        return
+    off = {k: False for k in ("sync", "hub", "mlflow", "raytune", "tensorboard", "wandb", "clearml", "comet",
+                              "dvc", "neptune", "vscode_msg", "openvino_msg") if k in SETTINGS.defaults}
+    SETTINGS.update(off)
 
 
 def find_wheel(project: str, version: str, download: bool = True) -> Path:

@@ -67,25 +67,28 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression. Returns kept indices, highest score first."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    """Greedy non-maximum suppression. Returns kept indices, highest score first.
+
+    Arithmetic is float32 in the same order as torchvision's CPU kernel, so borderline overlaps are
+    decided the same way as in ultralytics (parity of exported models).
+    """
+    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
     order = np.argsort(-scores, kind="stable")
     x1, y1, x2, y2 = boxes.T
     areas = (x2 - x1) * (y2 - y1)
     keep: list[int] = []
+    zero = np.float32(0)
     while order.size:
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
-        xx1 = np.maximum(x1[i], x1[rest])
-        yy1 = np.maximum(y1[i], y1[rest])
-        xx2 = np.minimum(x2[i], x2[rest])
-        yy2 = np.minimum(y2[i], y2[rest])
-        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
-        union = areas[i] + areas[rest] - inter
-        iou = np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-        order = rest[iou <= iou_threshold]
+        w = np.maximum(zero, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(zero, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(iou > np.float32(iou_threshold))]
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -128,6 +131,6 @@ def yolo_postprocess(
     scores, cls = scores[mask], cls[mask]
     if not len(scores):
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
-    offset = 0.0 if agnostic else cls[:, None].astype(np.float64) * MAX_WH
+    offset = np.float32(0) if agnostic else cls[:, None].astype(np.float32) * np.float32(MAX_WH)
     keep = nms(boxes + offset, scores, iou_threshold)[:max_det]
     return boxes[keep], scores[keep], cls[keep].astype(np.int64)

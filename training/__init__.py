@@ -1,0 +1,1 @@
+"""Training entry points (ultralytics, offline). Never imported by the runtime package."""
