@@ -89,7 +89,7 @@ class TypologyStep:
                 self.classifier.classify(patch, label_map=TYPOLOGY_CLASSES, detection_index=i)
             )
             done = True
-        if not done and self.whole_image_fallback:
+        if not done and self.whole_image_fallback and not findings.texts:
             findings.classifications.append(self.classifier.classify(image, label_map=TYPOLOGY_CLASSES))
 
 
@@ -129,19 +129,25 @@ class Analyzer:
         self.model_set = model_set_id(self._model_refs)
 
     def _default_steps(self, conf: float, iou: float, ocr: bool) -> list[Step]:
+        """Detector -> typology on firearm crops -> OCR on markings and case heads.
+
+        Without a detector (none in the manifest) the whole photo is read by OCR first, and the typology
+        classifier looks at the whole photo only when OCR found no text (a close-up of a serial or a
+        headstamp is not a firearm photo).
+        """
         steps: list[Step] = []
         reg = self.registry
         det_spec = reg.default_for("detector")
         if det_spec is not None:
             steps.append(DetectStep(YoloDetector(det_spec, reg, self.runtime, conf, iou)))
+        if ocr and reg.default_for("ocr_rec") is not None:
+            from .ocr import OcrStep  # local: OCR code loads only when OCR models ship
+
+            steps.append(OcrStep.from_registry(reg, self.runtime, whole_image=det_spec is None))
         typ_spec = reg.default_for("typology")
         if typ_spec is not None:
             steps.append(TypologyStep(ImageClassifier(typ_spec, reg, self.runtime),
                                       whole_image_fallback=det_spec is None))
-        if ocr and reg.default_for("ocr_rec") is not None:
-            from .ocr import OcrStep  # local: OCR code loads only when OCR models ship
-
-            steps.append(OcrStep.from_registry(reg, self.runtime))
         if not steps:
             logger.warning("no default models in %s: analysis will only hash and read metadata", reg.root)
         return steps

@@ -158,25 +158,44 @@ class OcrEngine:
 
 
 class OcrStep:
-    """Pipeline step: OCR on ``marking`` and ``case_head`` detections."""
+    """Pipeline step: OCR on ``marking`` and ``case_head`` detections.
+
+    With ``whole_image=True`` (used when no object detector is installed) the whole photo is read
+    instead: as a headstamp when it is a case-head close-up (one dominant circle), else as text lines.
+    """
 
     name = "ocr"
 
-    def __init__(self, engine: OcrEngine, margin: float = 0.08):
+    def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False):
         self.engine = engine
         self.margin = margin
+        self.whole_image = whole_image
 
     @classmethod
-    def from_registry(cls, registry: Registry, options: RuntimeOptions = RuntimeOptions()) -> OcrStep:
-        return cls(OcrEngine.from_registry(registry, options))
+    def from_registry(cls, registry: Registry, options: RuntimeOptions = RuntimeOptions(),
+                      whole_image: bool = False) -> OcrStep:
+        return cls(OcrEngine.from_registry(registry, options), whole_image=whole_image)
 
     def models(self) -> list[ModelRef]:
         return self.engine.models()
+
+    def _read_whole(self, image: np.ndarray, findings: ImageFindings) -> None:
+        h, w = image.shape[:2]
+        box = [0.0, 0.0, float(w), float(h)]
+        circle = find_case_head(image)
+        if circle is not None and circle[2] > 0.3 * min(h, w):
+            reading = self.engine.read_headstamp(image, box)
+        else:
+            reading = self.engine.read_serial(image, box)
+        if reading is not None:
+            findings.texts.append(reading)
 
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
         from ..analyzer import crop
 
         t0 = time.perf_counter()
+        if self.whole_image:
+            self._read_whole(image, findings)
         for i, det in enumerate(list(findings.detections)):
             if det.label not in ("marking", "case_head"):
                 continue
