@@ -18,7 +18,7 @@ import numpy as np
 
 from benchmarks.common import machine
 from datasets.synth.text import generate
-from wtivision.ocr import OcrEngine
+from wtivision.ocr import OcrEngine, parse_headstamp
 from wtivision.ocr.normalize import normalise
 from wtivision.registry import Registry
 
@@ -62,7 +62,7 @@ def run(n_serials: int, n_headstamps: int) -> dict:
                       "ms_per_crop_median": round(float(np.median(ms)), 1),
                       "ms_per_crop_p90": round(float(np.percentile(ms, 90)), 1), "failures": failures}
     tp = fp = fn = 0
-    code_ok = year_ok = 0
+    code_ok = year_ok = years = 0
     ms = []
     failures = []
     for s in generate("headstamps", n_headstamps, HEADSTAMP_SEED):
@@ -83,11 +83,16 @@ def run(n_serials: int, n_headstamps: int) -> dict:
                 fn += 1
         fp += len(remaining)
         code_ok += bool(r and r.headstamp and r.headstamp.factory_code == truth[0])
+        want_year = parse_headstamp(s.tokens).year
+        if want_year:
+            years += 1
+            year_ok += bool(r and r.headstamp and r.headstamp.year == want_year)
         if len(failures) < 10 and sorted(truth) != sorted(got):
             failures.append({"truth": truth, "read": got, "raw": r.raw_text if r else ""})
     res["headstamps"] = {"n": n_headstamps, "token_recall": round(tp / max(tp + fn, 1), 4),
                          "token_precision": round(tp / max(tp + fp, 1), 4),
                          "factory_code_accuracy": round(code_ok / n_headstamps, 4),
+                         "year_accuracy": round(year_ok / max(years, 1), 4),
                          "ms_per_crop_median": round(float(np.median(ms)), 1),
                          "ms_per_crop_p90": round(float(np.percentile(ms, 90)), 1), "failures": failures}
     return res
@@ -112,6 +117,7 @@ yet, so these figures say nothing about real worn, painted or rusted stamps.
 | headstamps | {h['n']} | token recall | {h['token_recall']} | >= 0.85 |
 | headstamps | {h['n']} | token precision | {h['token_precision']} | |
 | headstamps | {h['n']} | factory code correct | {h['factory_code_accuracy']} | |
+| headstamps | {h['n']} | year correct (where stamped) | {h['year_accuracy']} | |
 | headstamps | {h['n']} | ms per crop (median / p90) | {h['ms_per_crop_median']} / {h['ms_per_crop_p90']} | <= 150 |
 
 ## First failures (serials)

@@ -11,7 +11,6 @@ The ONNX export is checked against the PyTorch original run through ultralytics 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import statistics
 import tempfile

@@ -3,7 +3,13 @@ import json
 import pytest
 
 from wtivision.results import (
-    CaptureMetadata, Classification, Detection, HeadstampRecord, ImageFindings, ModelRef, TextReading,
+    CaptureMetadata,
+    Classification,
+    Detection,
+    HeadstampRecord,
+    ImageFindings,
+    ModelRef,
+    TextReading,
 )
 from wtivision.schema import results_schema
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datasets.build import assign_splits, build, group_duplicates, leak_report
+from datasets.build import build
 from datasets.formats import read_coco, read_voc, read_yolo
 from wtivision.taxonomy import DETECTOR_CLASSES
 

@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import argparse
-import logging
 from pathlib import Path
 
-from training.common import REPO, load_config, offline, prepare_run, seed_everything
+from training.common import REPO, offline, prepare_run, run_cli, seed_everything
 
 
 def train(cfg: dict, resume: bool = False) -> Path:
@@ -39,13 +37,7 @@ def train(cfg: dict, resume: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--resume", action="store_true")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(train(load_config(a.config), a.resume))
-    return 0
+    return run_cli(train, __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -46,3 +46,17 @@ def prepare_run(cfg: dict, run_dir: Path, data_dir: Path | None) -> dict:
         info["dataset_manifest_sha256"] = hashlib.sha256((data_dir / "manifest.csv").read_bytes()).hexdigest()
     (run_dir / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
+
+
+def run_cli(train, doc: str | None, argv: list[str] | None = None) -> int:
+    """The command line shared by the training entry points: ``--config FILE [--resume]``."""
+    import argparse
+    import logging
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, required=True)
+    ap.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(train(load_config(a.config), a.resume))
+    return 0

@@ -11,7 +11,6 @@ phones, circuit boards, wires), never copies of real photos; boxes are exact. Wr
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import cv2

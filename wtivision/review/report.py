@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import logging
 import os
 from collections import Counter

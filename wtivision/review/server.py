@@ -10,14 +10,12 @@ security headers (CSP with no external source, nosniff, frame-ancestors none).
 from __future__ import annotations
 
 import html
-import json
 import logging
 import mimetypes
 import os
 import secrets
 import threading
 import urllib.parse
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..errors import ImageError, WtivisionError
