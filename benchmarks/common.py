@@ -80,8 +80,14 @@ def generated_photos(folder: Path, n: int, w: int = 2048, h: int = 1536, seed: i
     for i in range(n):
         p = folder / f"gen_{i:05d}.jpg"
         if not p.exists():
-            if srcs:
-                img = cv2.resize(srcs[i % len(srcs)], (w, h), interpolation=cv2.INTER_CUBIC)
+            if srcs:  # the source scaled to fit (aspect kept) on a textured canvas, as a camera frame
+                src = srcs[i % len(srcs)]
+                f = min(w / src.shape[1], h / src.shape[0]) * rng.uniform(0.6, 1.0)
+                obj = cv2.resize(src, (int(src.shape[1] * f), int(src.shape[0] * f)), interpolation=cv2.INTER_CUBIC)
+                img = cv2.resize(np.clip(rng.normal(120, 30, (h // 16, w // 16, 3)), 0, 255).astype(np.uint8), (w, h),
+                                 interpolation=cv2.INTER_CUBIC)
+                y0, x0 = int(rng.integers(0, h - obj.shape[0] + 1)), int(rng.integers(0, w - obj.shape[1] + 1))
+                img[y0:y0 + obj.shape[0], x0:x0 + obj.shape[1]] = obj
                 img = np.clip(img.astype(np.int16) + rng.integers(-12, 12, (1, 1, 3)), 0, 255).astype(np.uint8)
             else:
                 img = np.clip(rng.normal(120, 40, (h // 8, w // 8, 3)), 0, 255).astype(np.uint8)

@@ -89,7 +89,8 @@ class TypologyStep:
                 self.classifier.classify(patch, label_map=TYPOLOGY_CLASSES, detection_index=i)
             )
             done = True
-        if not done and self.whole_image_fallback and not findings.texts:
+        close_up = any(t.kind == "headstamp" or len(t.text) >= 4 for t in findings.texts)  # serial or headstamp photo
+        if not done and self.whole_image_fallback and not close_up:
             findings.classifications.append(self.classifier.classify(image, label_map=TYPOLOGY_CLASSES))
 
 

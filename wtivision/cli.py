@@ -67,10 +67,12 @@ def cmd_scan(args) -> int:
     finally:
         bar.close()
     objs = ", ".join(f"{k} {v}" for k, v in s.objects.items())
+    extra = ", ".join(f"{k} {v}" for k, v in {**s.classifications, **s.readings}.items())
     print(
         f"{'INTERRUPTED - run again to resume. ' if s.interrupted else ''}"
         f"{s.files} files ({s.analyzed} analysed now, {s.reused} already done, {s.linked} duplicates linked, "
-        f"{s.skipped} skipped) | distinct photos: {s.ok} ok, {s.errors} errors | objects: {objs} | "
+        f"{s.skipped} skipped) | distinct photos: {s.ok} ok, {s.errors} errors | objects: {objs}"
+        f"{' | ' + extra if extra else ''} | "
         f"{s.seconds:.1f} s, {s.photos_per_second:.2f} photos/s\n"
         f"results: {Path(args.out) / 'results.jsonl'}  objects: {Path(args.out) / 'objects.csv'}"
     )

@@ -65,7 +65,9 @@ class ScanSummary:
     ok: int = 0  # distinct photos with status ok (whole store)
     errors: int = 0  # distinct inputs with status error (whole store)
     skipped: int = 0  # files not considered (not a photo suffix, symlinks, unreadable dirs)
-    objects: dict[str, int] = field(default_factory=dict)
+    objects: dict[str, int] = field(default_factory=dict)  # detections per family (every path counted)
+    readings: dict[str, int] = field(default_factory=dict)  # OCR readings per kind (serial, headstamp, marking)
+    classifications: dict[str, int] = field(default_factory=dict)  # per task (e.g. typology)
     seconds: float = 0.0
     photos_per_second: float = 0.0
     interrupted: bool = False
@@ -254,6 +256,8 @@ def scan(
     summary.photos_per_second = round(summary.analyzed / summary.seconds, 3) if summary.seconds else 0.0
     export_results(store, model_set, outdir)
     fam: Counter[str] = Counter({f: 0 for f in FAMILIES})
+    texts: Counter[str] = Counter()
+    tasks: Counter[str] = Counter()
     for f in store.findings(model_set):
         if f.ok:
             summary.ok += 1
@@ -262,7 +266,11 @@ def scan(
         n = 1 + len(f.also_at)
         for d in f.detections:
             fam[d.family] += n
-    summary.objects = dict(fam)
+        for t in f.texts:
+            texts[t.kind] += n
+        for c in f.classifications:
+            tasks[c.task] += n
+    summary.objects, summary.readings, summary.classifications = dict(fam), dict(texts), dict(tasks)
     info = {
         "root": str(root),
         "model_set": model_set,

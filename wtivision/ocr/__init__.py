@@ -132,11 +132,12 @@ class OcrEngine:
         words.sort(key=lambda cw: cw[0])
         return [self.best_reading(w, rotated_margin=0.15) for _, w in words]
 
-    def read_headstamp(self, crop: np.ndarray, box: list[float], detection_index: int | None = None) -> TextReading | None:
-        """Find the case head in ``crop``, unwrap the ring around the primer, split it into words, read
-        and parse them."""
+    def read_headstamp(self, crop: np.ndarray, box: list[float], detection_index: int | None = None,
+                       circle: tuple[float, float, float] | None = None) -> TextReading | None:
+        """Find the case head in ``crop`` (unless ``circle`` is given), unwrap the ring around the primer,
+        split it into words, read and parse them."""
         h, w = crop.shape[:2]
-        circle = find_case_head(crop) or (w / 2, h / 2, min(h, w) / 2 * 0.95)
+        circle = circle or find_case_head(crop) or (w / 2, h / 2, min(h, w) / 2 * 0.95)
         cx, cy, r = circle
         # start at 9 o'clock: with the quarter-turn offset above, reading starts near 12 o'clock
         strip = _upscale(unwrap_annulus(crop, (cx, cy), r, start_deg=180.0), 48)
@@ -165,6 +166,7 @@ class OcrStep:
     """
 
     name = "ocr"
+    min_whole_chars = 3
 
     def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False):
         self.engine = engine
@@ -183,11 +185,14 @@ class OcrStep:
         h, w = image.shape[:2]
         box = [0.0, 0.0, float(w), float(h)]
         circle = find_case_head(image)
+        reading = None
         if circle is not None and circle[2] > 0.3 * min(h, w):
-            reading = self.engine.read_headstamp(image, box)
-        else:
+            reading = self.engine.read_headstamp(image, box, circle=circle)
+        if reading is None:  # not a case head after all, or nothing legible on the ring
             reading = self.engine.read_serial(image, box)
-        if reading is not None:
+        # a whole photo has stray texture that reads as short "words": keep only substantial readings
+        if reading is not None and reading.confidence >= 0.6 and (
+                reading.kind == "headstamp" or len(reading.text) >= self.min_whole_chars):
             findings.texts.append(reading)
 
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:

@@ -81,20 +81,26 @@ def parse_headstamp(tokens: list[str]) -> HeadstampRecord:
     return rec
 
 
-def find_case_head(image_bgr: np.ndarray) -> tuple[float, float, float] | None:
-    """The most prominent circle (cx, cy, r) in a case-head crop, or None."""
+def find_case_head(image_bgr: np.ndarray, work_side: int = 512) -> tuple[float, float, float] | None:
+    """The most prominent large circle (cx, cy, r) in a case-head crop, or None.
+
+    The search runs on a copy downscaled to ``work_side`` px (the Hough transform's cost grows with the
+    radius range), and the circle is scaled back to the input's pixels.
+    """
     import cv2
 
-    gray = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
-    h, w = gray.shape
-    s = min(h, w)
-    gray = cv2.medianBlur(gray, 5)
+    h, w = image_bgr.shape[:2]
+    f = min(1.0, work_side / max(h, w))
+    small = cv2.resize(image_bgr, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA) \
+        if f < 1.0 else image_bgr
+    gray = cv2.medianBlur(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY), 5)
+    s = min(gray.shape)
     circles = cv2.HoughCircles(gray, cv2.HOUGH_GRADIENT, dp=1.5, minDist=s / 2, param1=120, param2=40,
                                minRadius=int(s * 0.25), maxRadius=int(s * 0.6))
     if circles is None:
         return None
     cx, cy, r = circles[0][0]
-    return float(cx), float(cy), float(r)
+    return float(cx) / f, float(cy) / f, float(r) / f
 
 
 def unwrap_annulus(image_bgr: np.ndarray, center: tuple[float, float], radius: float,
