@@ -56,6 +56,8 @@ from wtivision import Analyzer
 assert set(os.listdir('.')) == before, "import wrote files"
 f = Analyzer(models_dir={str(tiny_models_dir)!r}).analyze({str(photo)!r})
 assert f.ok and f.detections, f
+g = Analyzer().analyze({str(photo)!r})  # the bundled models: typology and OCR
+assert g.ok and {{m.task for m in g.models}} >= {{"classify", "ocr_rec"}}, g
 from wtivision.cli import build_parser; build_parser()
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'paddle', 'paddleocr', 'albumentations'))
 print('HEAVY', heavy)
