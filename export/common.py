@@ -35,18 +35,29 @@ def offline_ultralytics() -> None:
     SETTINGS.update(off)
 
 
-def find_wheel(project: str, version: str, download: bool = True) -> Path:
-    """The wheel of ``project==version`` from the cache folder (or /tmp/dl), downloaded by pip if absent."""
+def wheel_dirs() -> list[Path]:
+    """Where wheels are looked for: ``$WTIVISION_WHEEL_CACHE`` (read at call time, default ``.cache/wheels``
+    under the repo root), then ``/tmp/dl``."""
+    return [Path(os.environ.get("WTIVISION_WHEEL_CACHE", WHEEL_CACHE)), Path("/tmp/dl")]
+
+
+def find_wheel(project: str, version: str, download: bool = True, timeout_s: float = 300) -> Path:
+    """The wheel of ``project==version`` from the cache folder (or /tmp/dl), downloaded by pip if absent.
+
+    Raises FileNotFoundError if it is absent and ``download`` is false, CalledProcessError or TimeoutExpired
+    if pip cannot fetch it."""
     stem = project.replace("-", "_")
-    for d in (WHEEL_CACHE, Path("/tmp/dl")):
+    dirs = wheel_dirs()
+    for d in dirs:
         hits = sorted(d.glob(f"{stem}-{version}-*.whl"))
         if hits:
             return hits[0]
     if not download:
-        raise FileNotFoundError(f"{project}=={version} wheel not in {WHEEL_CACHE}")
-    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(WHEEL_CACHE),
-                    f"{project}=={version}"], check=True)
+        raise FileNotFoundError(f"{project}=={version} wheel not in {' or '.join(map(str, dirs))}")
+    cache = dirs[0]
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--timeout", "20", "--retries", "1",
+                    "-d", str(cache), f"{project}=={version}"], check=True, timeout=timeout_s)
     return find_wheel(project, version, download=False)
 
 

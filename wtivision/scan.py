@@ -162,9 +162,9 @@ def scan(
     if workers > 1 and config.intra_threads == 0:
         config = AnalyzerConfig(**{**asdict(config), "limits": config.limits,
                                    "intra_threads": max(1, (os.cpu_count() or 2) // workers)})
-    analyzer = config.build() if workers == 1 else None
-    model_set = analyzer.model_set if analyzer else config.build().model_set
-    models = [m.to_dict() for m in (analyzer or config.build()).models]
+    analyzer = config.build()  # in this process: verifies the models and names the model set
+    model_set = analyzer.model_set
+    models = [m.to_dict() for m in analyzer.models]
 
     store = Store(outdir)
     store.set_meta("root", str(root))
@@ -228,7 +228,6 @@ def scan(
 
     try:
         if workers == 1:
-            assert analyzer is not None
             for key, _full, raw, data in jobs():
                 f = analyzer.analyze(data, path=display_path(raw), sha256=key)
                 finish(key, f.to_json())
