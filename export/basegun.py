@@ -14,6 +14,7 @@ import argparse
 import ast
 import json
 import logging
+import os
 import statistics
 import tempfile
 import time
@@ -192,7 +193,8 @@ def latency(spec: ModelSpec, reg: Registry, model, crop_bgr: np.ndarray, runs: i
     """Median wall time per crop, preprocessing included, ONNX (wtivision) vs PyTorch (ultralytics)."""
     import torch
 
-    out = {"runs": runs, "crop_hw": list(crop_bgr.shape[:2])}
+    out = {"runs": runs, "crop_hw": list(crop_bgr.shape[:2]), "cpu": _cpu_name(), "cpus": os.cpu_count(),
+           "load_avg_1min_before": round(os.getloadavg()[0], 2)}
     for threads in (1, 2):
         clf = ImageClassifier(spec, reg, RuntimeOptions(intra_threads=threads))
         out[f"onnx_{threads}_thread_ms"] = _median_ms(lambda c=clf: c.probabilities(crop_bgr), runs)
@@ -203,7 +205,20 @@ def latency(spec: ModelSpec, reg: Registry, model, crop_bgr: np.ndarray, runs: i
             out[f"pytorch_{threads}_thread_ms"] = _median_ms(lambda: torch_probs(model, crop_bgr), runs)
     finally:
         torch.set_num_threads(before)
+    out["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     return out
+
+
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def convert(wheel: Path, models_dir: Path = MODELS_DIR, n_parity: int = 240, register: bool = True,
@@ -274,8 +289,9 @@ def card_text(r: dict) -> str:
     lat = r.get("latency")
     if lat:
         lat_text = f"""One {lat['crop_hw'][1]}x{lat['crop_hw'][0]} photo (basegun's warm-up image), preprocessing \
-included, median of {lat['runs']} runs after one warm-up run, on the 2-core CPU of the build machine
-(shared with other jobs, so figures are noisy):
+included, median of {lat['runs']} runs after one warm-up run, on the build machine ({lat['cpu']}, {lat['cpus']} \
+cores, shared with other jobs: 1-minute load average {lat['load_avg_1min_before']} before and \
+{lat['load_avg_1min_after']} after, so the 2-thread figures in particular are noisy):
 
 | runtime | 1 thread | 2 threads |
 | --- | --- | --- |
