@@ -100,6 +100,8 @@ def run(n_serials: int, n_headstamps: int) -> dict:
 
 def to_markdown(r: dict) -> str:
     s, h = r["serials"], r["headstamps"]
+    serial_failures = "\n".join(f"- truth `{f['truth']}` read `{f['read']}` candidates {f['candidates']}"
+                                 for f in s["failures"]) or "- none"
     m = r["machine"]
     return f"""# OCR benchmark (synthetic, fixed seeds)
 
@@ -121,7 +123,7 @@ yet, so these figures say nothing about real worn, painted or rusted stamps.
 | headstamps | {h['n']} | ms per crop (median / p90) | {h['ms_per_crop_median']} / {h['ms_per_crop_p90']} | <= 150 |
 
 ## First failures (serials)
-{chr(10).join(f"- truth `{f['truth']}` read `{f['read']}` candidates {f['candidates']}" for f in s['failures']) or '- none'}
+{serial_failures}
 
 ## First failures (headstamps)
 {chr(10).join(f"- truth {f['truth']} read {f['read']} (raw `{f['raw']}`)" for f in h['failures']) or '- none'}

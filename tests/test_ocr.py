@@ -106,10 +106,68 @@ def test_reads_generated_headstamp_end_to_end(engine):
     samples = generate("headstamps", 6, seed=78)
     for s in samples:
         r = engine.read_headstamp(s.image, [0, 0, s.image.shape[1], s.image.shape[0]])
-        if r is not None and r.headstamp and r.headstamp.factory_code == s.tokens[0]:
+        assert r is not None and r.kind == "headstamp" and r.headstamp is not None
+        if r.headstamp.factory_code == s.tokens[0]:
             hits += 1
-            assert r.kind == "headstamp" and r.headstamp.tokens
-    assert hits >= 3, hits
+            assert r.headstamp.tokens
+        if "+" not in s.tokens:  # no NATO mark invented where none is stamped
+            assert not r.headstamp.nato_mark, (s.tokens, r.headstamp.tokens)
+    assert hits >= 4, hits
+
+
+def test_ctc_decode_restricted_to_symbols():
+    # step 1: "B" 0.5 vs "A" 0.4; restricted to {A, 1} the decode picks A and keeps its raw probability
+    probs = _probs([2, 0, 3], p=0.9)
+    probs[0] = [0.02, 0.4, 0.5, 0.04, 0.02, 0.02]
+    assert ctc_decode(probs, CHARSET).text == "B1"
+    r = ctc_decode(probs, CHARSET, allowed=np.array([0, 1, 3]))
+    assert r.text == "A1" and r.char_confidences[0] == pytest.approx(0.4)
+
+
+def test_circular_words_keeps_one_copy_per_word():
+    from wtivision.ocr import circular_words
+
+    W = 600.0
+    spans = [(50, 120, 0.8), (650, 720, 0.9),  # one word and its copy one turn later
+             (580, 640, 0.7), (0, 40, 0.6),  # a word across the seam, seen whole and cut at the start
+             (300, 340, 0.8)]
+    kept = circular_words(spans, W)
+    assert sorted(kept) == [1, 2, 4]  # equal widths: the higher score wins
+    assert kept == [1, 4, 2]  # clockwise order from the strip start
+
+
+def test_finds_drawn_nato_mark_and_not_digits():
+    import cv2
+
+    from datasets.synth.text import _nato_mark
+    from wtivision.ocr.headstamp import find_nato_marks
+
+    strip = np.full((80, 600, 3), 150, np.uint8)
+    cv2.putText(strip, "08", (60, 60), cv2.FONT_HERSHEY_DUPLEX, 1.6, (60, 60, 60), 3)
+    mark = _nato_mark(40)  # 80x80 tile, mark centred at (40, 34)
+    strip[6:80, 380:460][mark[:74] > 127] = (60, 60, 60)
+    hits = find_nato_marks(strip, (24.0, 32.0, 40.0), 0.5)
+    assert hits and 370 <= (hits[0][0] + hits[0][1]) / 2 <= 470, hits
+    # round digits correlate too (hence the OCR step ignores matches on words of 2+ characters), but less
+    assert all(h[2] < hits[0][2] for h in hits[1:]), hits
+
+
+def test_firearm_crop_serial_search(engine):
+    from datasets.synth.text import generate
+    from wtivision.ocr import OcrStep
+    from wtivision.results import Detection, ImageFindings
+
+    s = generate("serials", 1, seed=77)[0]
+    h, w = s.image.shape[:2]
+    photo = np.full((h + 200, w + 300, 3), 90, np.uint8)
+    photo[120:120 + h, 200:200 + w] = s.image
+    findings = ImageFindings(path="x.jpg", detections=[
+        Detection(label="pistol", family="firearm", confidence=0.9, box=[150.0, 80.0, w + 260.0, h + 170.0])])
+    OcrStep(engine, firearm_serials=True)(photo, findings)
+    serials = [t for t in findings.texts if t.kind == "serial"]
+    assert serials and serials[0].text == normalise(s.text)[0] and serials[0].detection_index == 0
+    x0, y0, x1, y1 = serials[0].box
+    assert 180 <= x0 and x1 <= w + 220 and 100 <= y0 and y1 <= h + 140
 
 
 def test_ocr_models_verified_by_registry():

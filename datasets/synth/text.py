@@ -158,13 +158,26 @@ def serial_sample(rng: np.random.Generator) -> Sample:
     return Sample(img, text, [text], box, {"surface": surface_name, "style": style})
 
 
+def _nato_mark(ch_h: int) -> np.ndarray:
+    """A (2*ch_h)^2 tile with the NATO cross-in-circle, centred where a glyph of height ch_h sits."""
+    tile = np.zeros((2 * ch_h, 2 * ch_h), np.uint8)
+    c, r, t = (ch_h, int(ch_h * 0.85)), int(ch_h * 0.42), max(1, ch_h // 9)
+    cv2.circle(tile, c, r, 255, t, cv2.LINE_AA)
+    cv2.line(tile, (c[0] - r, c[1]), (c[0] + r, c[1]), 255, t, cv2.LINE_AA)
+    cv2.line(tile, (c[0], c[1] - r), (c[0], c[1] + r), 255, t, cv2.LINE_AA)
+    return tile
+
+
 def random_headstamp(rng: np.random.Generator) -> tuple[list[str], str]:
     style = str(rng.choice(["soviet", "nato", "commercial"]))
     if style == "soviet":
-        return [str(rng.choice(["539", "711", "3", "38", "17", "60", "188", "270"])), f"{int(rng.integers(50, 99))}"], style
+        code = str(rng.choice(["539", "711", "3", "38", "17", "60", "188", "270"]))
+        return [code, f"{int(rng.integers(50, 99))}"], style
     if style == "nato":
-        return [str(rng.choice(["LC", "WCC", "FC", "IVI", "PMP", "MKE"])), f"{int(rng.integers(0, 24)):02d}", "+"], style
-    return [str(rng.choice(["PPU", "FC", "WCC", "945", "41"])), str(rng.choice(["7.62X39", "9MM", "5.56", ".308"]))], style
+        code = str(rng.choice(["LC", "WCC", "FC", "IVI", "PMP", "MKE"]))
+        return [code, f"{int(rng.integers(0, 24)):02d}", "+"], style
+    code = str(rng.choice(["PPU", "FC", "WCC", "945", "41"]))
+    return [code, str(rng.choice(["7.62X39", "9MM", "5.56", ".308"]))], style
 
 
 def headstamp_sample(rng: np.random.Generator, size: int = 320) -> Sample:
@@ -201,7 +214,9 @@ def headstamp_sample(rng: np.random.Generator, size: int = 320) -> Sample:
         for j, ch in enumerate(glyph):
             deg = centre_deg + (j - (len(glyph) - 1) / 2) * step
             tile = Image.new("L", (ch_h * 2, ch_h * 2), 0)
-            if font is not None:
+            if ch == "⊕":  # the NATO cross-in-circle is struck about as tall as the digits
+                tile = Image.fromarray(_nato_mark(ch_h))
+            elif font is not None:
                 ImageDraw.Draw(tile).text((ch_h // 2, ch_h // 4), ch, font=font, fill=255)
             t = np.asarray(tile.rotate(-(deg + 90), resample=Image.BILINEAR))
             x = int(c + r_text * math.cos(math.radians(deg)) - ch_h)

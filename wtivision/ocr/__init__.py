@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import string
 import time
 
 import numpy as np
@@ -17,8 +18,9 @@ import numpy as np
 from ..registry import Registry
 from ..results import ImageFindings, ModelRef, TextReading
 from ..runtime import RuntimeOptions
+from ..taxonomy import FIREARM
 from .engine import LineReading, TextDetector, TextRecognizer, crop_quad
-from .headstamp import find_case_head, parse_headstamp, unwrap_annulus
+from .headstamp import NATO_TOKENS, find_case_head, find_nato_marks, parse_headstamp, unwrap_annulus
 from .normalize import candidates, needs_review, normalise
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,37 @@ logger = logging.getLogger(__name__)
 __all__ = ["OcrEngine", "OcrStep", "parse_headstamp"]
 
 SERIAL_LIKE = re.compile(r"^(?=.*\d)[A-Z0-9]{4,}$")
+# Symbols the recogniser may output for stamped text (its dictionary also has CJK, lower case and
+# punctuation, which on metal are only ever misreadings of these).
+SERIAL_SYMBOLS = string.ascii_uppercase + string.digits + " -./"
+# Headstamps add the round symbols the NATO cross-in-circle is read as (see headstamp.NATO_TOKENS).
+HEADSTAMP_SYMBOLS = SERIAL_SYMBOLS + "+○◎⊙Φθ@●"
+HEADSTAMP_DB_THRESH, HEADSTAMP_BOX_THRESH = 0.2, 0.4  # lenient: stamped characters give weak text maps
+NATO_SIZES, NATO_MIN_SCORE = (0.3, 0.4, 0.5), 0.5  # mark diameters (fraction of strip height), match score
+GAP_MIN_CONFIDENCE = 0.75  # a reading between detected headstamp words must be at least this confident
+
+
+def _circular_overlap(a0: float, aw: float, b0: float, bw: float, period: float) -> float:
+    """Length of the overlap of [a0, a0+aw) and [b0, b0+bw) on a circle of circumference ``period``."""
+    return max(min(a0 + aw, b0 + s + bw) - max(a0, b0 + s) for s in (-period, 0.0, period))
+
+
+def circular_words(spans: list[tuple[float, float, float]], period: float) -> list[int]:
+    """Pick one box per word on a ring unwrapped into a strip of width ``period`` (possibly extended).
+
+    ``spans`` are (x0, x1, score) of detected boxes; boxes whose start positions coincide modulo the
+    period, or that overlap on the circle, are copies of one word: the widest (most complete) is kept.
+    Returns the indices of the kept boxes ordered by their position on the circle.
+    """
+    order = sorted(range(len(spans)), key=lambda i: (-(spans[i][1] - spans[i][0]), -spans[i][2]))
+    kept: list[int] = []
+    for i in order:
+        a0, a1, _ = spans[i]
+        clash = any(_circular_overlap(a0 % period, a1 - a0, spans[j][0] % period, spans[j][1] - spans[j][0], period)
+                    > 0.3 * min(a1 - a0, spans[j][1] - spans[j][0]) for j in kept)
+        if not clash:
+            kept.append(i)
+    return sorted(kept, key=lambda i: spans[i][0] % period)
 
 
 def _enhance(image_bgr: np.ndarray) -> np.ndarray:
@@ -39,6 +72,16 @@ def _enhance(image_bgr: np.ndarray) -> np.ndarray:
         lum = cv2.inpaint(lum, glare.astype(np.uint8) * 255, 3, cv2.INPAINT_TELEA)
     lab[:, :, 0] = cv2.createCLAHE(clipLimit=2.5, tileGridSize=(8, 8)).apply(lum)
     return cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+
+
+def _highpass(image_bgr: np.ndarray, sigma: float = 8.0) -> np.ndarray:
+    """Grey high-pass (image minus its blur), contrast-stretched: shallow stamps on uneven light."""
+    import cv2
+
+    g = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY).astype(np.float32)
+    d = g - cv2.GaussianBlur(g, (0, 0), sigma)
+    d = d * (40.0 / (float(d.std()) + 1e-3)) + 128.0
+    return cv2.cvtColor(np.clip(d, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
 
 
 def _upscale(image_bgr: np.ndarray, min_height: int = 48) -> np.ndarray:
@@ -77,29 +120,65 @@ class OcrEngine:
         found = self.detector.detect(crop) if self.detector is not None else []
         return [crop_quad(crop, q) for q, _ in found] or [crop]
 
-    def best_reading(self, line: np.ndarray, rotated_margin: float = 0.0) -> LineReading:
-        """Read one line under rotations 0/180 (and 90/270 for tall crops), raw and enhanced, and keep
-        the most confident reading. A rotated reading must beat the upright one by ``rotated_margin``
-        (headstamps are stamped upright in the unwrapped ring; 6/9 and 68/89 read both ways)."""
-        line = _upscale(line)
-        variants = [line, np.rot90(line, 2)]
-        if line.shape[0] > 1.5 * line.shape[1]:
-            variants += [np.rot90(line, 1), np.rot90(line, 3)]
-        n = len(variants)
-        variants += [_enhance(np.ascontiguousarray(v)) for v in variants]
-        readings = self.recognizer.recognize([np.ascontiguousarray(v) for v in variants])
+    def best_reading(self, line: np.ndarray, rotated_margin: float = 0.0,
+                     symbols: str = SERIAL_SYMBOLS) -> LineReading:
+        """The most confident reading of one line (see ``best_readings``)."""
+        return self.best_readings([line], rotated_margin, symbols)[0]
+
+    def best_readings(self, lines: list[np.ndarray], rotated_margin: float = 0.0,
+                      symbols: str = SERIAL_SYMBOLS) -> list[LineReading]:
+        """Read each line under rotations 0/180 (and 90/270 for tall crops), raw and enhanced, and keep
+        its most confident reading; one batched recogniser run for all lines. A rotated reading must
+        beat the upright one by ``rotated_margin`` (headstamps are stamped upright in the unwrapped
+        ring; 6/9 and 68/89 read both ways)."""
+        variants: list[np.ndarray] = []
+        owner: list[tuple[int, bool]] = []  # (line index, rotated)
+        for k, line in enumerate(lines):
+            line = _upscale(line)
+            vs = [line, np.rot90(line, 2)]
+            if line.shape[0] > 1.5 * line.shape[1]:
+                vs += [np.rot90(line, 1), np.rot90(line, 3)]
+            for j, v in enumerate(vs):
+                v = np.ascontiguousarray(v)
+                variants += [v, _enhance(v)]
+                owner += [(k, j > 0), (k, j > 0)]
+        readings = self.recognizer.recognize(variants, symbols)
 
         def score(i: int) -> tuple[float, float]:
             r = readings[i]
-            penalty = rotated_margin if i % n else 0.0
+            penalty = rotated_margin if owner[i][1] else 0.0
             return (r.confidence * min(1.0, len(normalise(r.text)[0]) / 3) - penalty, r.confidence)
 
-        return readings[max(range(len(readings)), key=score)]
+        best: dict[int, int] = {}
+        for i, (k, _) in enumerate(owner):
+            if k not in best or score(i) > score(best[k]):
+                best[k] = i
+        return [readings[best[k]] for k in range(len(lines))]
+
+    def find_serials(self, crop: np.ndarray, origin: tuple[float, float], detection_index: int | None = None,
+                     min_confidence: float = 0.6) -> list[TextReading]:
+        """Text lines in a larger crop (e.g. a whole firearm) that look like serial numbers, one reading each;
+        ``origin`` is the crop's top-left corner in the photo (boxes are given in photo pixels)."""
+        if self.detector is None:
+            return []
+        out = []
+        for quad, _ in self.detector.detect(crop):
+            x0, y0 = quad.min(axis=0)
+            x1, y1 = quad.max(axis=0)
+            box = [float(x0 + origin[0]), float(y0 + origin[1]), float(x1 + origin[0]), float(y1 + origin[1])]
+            r = self._reading([self.best_readings([crop_quad(crop, quad)])[0]], box, "serial", detection_index)
+            if r is not None and r.kind == "serial" and r.confidence >= min_confidence:
+                out.append(r)
+        return out
 
     def read_serial(self, crop: np.ndarray, box: list[float], kind: str = "serial",
                     detection_index: int | None = None) -> TextReading | None:
         """Read a serial number / marking in ``crop`` (``box`` is the crop's box in the photo)."""
-        readings = [self.best_reading(ln) for ln in self.lines(crop)]
+        return self._reading(self.best_readings(self.lines(crop)), box, kind, detection_index)
+
+    def _reading(self, readings: list[LineReading], box: list[float], kind: str,
+                 detection_index: int | None) -> TextReading | None:
+        """One TextReading from the line readings of a marking (normalised text, candidates, review flag)."""
         readings = [r for r in readings if normalise(r.text)[0]]
         if not readings:
             return None
@@ -117,20 +196,80 @@ class OcrEngine:
     def headstamp_tokens(self, strip: np.ndarray) -> list[LineReading]:
         """Words of an unwrapped headstamp ring, in clockwise order.
 
-        The strip is doubled end to end so a word cut at the seam is seen whole; the text detector
-        separates the words (the gaps between headstamp tokens are wide) and each word is read on its own.
+        The strip is extended by half a turn so a word cut at the seam is also seen whole; the text
+        detector runs on the plain and the high-passed strip with lenient thresholds (stamped characters
+        are faint), the boxes are de-duplicated around the circle (the most complete copy of each word
+        wins) and each word is read on its own. The detector misses isolated single characters (a plant
+        number "3", the NATO mark), so the gaps between the words are read too and kept when confident.
         """
         if self.detector is None:
-            return [self.best_reading(strip)]
+            return [self.best_reading(strip, symbols=HEADSTAMP_SYMBOLS)]
         W = strip.shape[1]
-        doubled = np.ascontiguousarray(np.concatenate([strip, strip], axis=1))
-        words = []
-        for quad, _ in self.detector.detect(doubled):
-            cx = float(quad[:, 0].mean())
-            if W * 0.25 <= cx < W * 1.25:  # one full turn, starting a quarter turn in
-                words.append((cx, crop_quad(doubled, quad)))
-        words.sort(key=lambda cw: cw[0])
-        return [self.best_reading(w, rotated_margin=0.15) for _, w in words]
+        ext = np.ascontiguousarray(np.concatenate([strip, strip[:, : W // 2]], axis=1))
+        found: list[tuple[float, float, float, np.ndarray]] = []
+        for img in (ext, _highpass(ext)):
+            for quad, score in self.detector.detect(img, thresh=HEADSTAMP_DB_THRESH,
+                                                    box_thresh=HEADSTAMP_BOX_THRESH):
+                found.append((float(quad[:, 0].min()), float(quad[:, 0].max()), score, quad))
+        kept = circular_words([(x0, x1, sc) for x0, x1, sc, _ in found], W)
+        read = self.best_readings([crop_quad(ext, found[i][3]) for i in kept], 0.15, HEADSTAMP_SYMBOLS)
+        placed = [(found[i][0] % W, found[i][1] - found[i][0], r) for i, r in zip(kept, read)]
+        if kept:
+            ys = np.concatenate([found[i][3][:, 1] for i in kept])
+            y0, y1 = float(ys.min()), float(ys.max())
+        else:
+            y0, y1 = 0.0, float(strip.shape[0])
+        placed = self._nato_mark(strip, placed)
+        gaps = self._gap_words(strip, [(x, wd) for x, wd, _ in placed], y0, y1)
+        placed += [(x, 0.0, r) for x, r in gaps]
+        placed.sort(key=lambda p: p[0])
+        return [r for _, _, r in placed]
+
+    def _nato_mark(self, strip: np.ndarray,
+                   placed: list[tuple[float, float, LineReading]]) -> list[tuple[float, float, LineReading]]:
+        """Put the NATO mark (at most one per headstamp) among the words: the best cross-in-circle match
+        that does not lie on a word of two or more characters; a one-symbol word under it (the
+        recogniser's guess at the mark) is replaced."""
+        W, H = strip.shape[1], strip.shape[0]
+        doubled = np.concatenate([strip, strip], axis=1)
+        for x0, x1, score in find_nato_marks(doubled, tuple(f * H for f in NATO_SIZES), NATO_MIN_SCORE):
+            a0, width = x0 % W, x1 - x0
+            under = [p for p in placed if _circular_overlap(a0, width, p[0], p[1], W) > 0.3 * width]
+            if any(len(normalise(p[2].text)[0]) >= 2 for p in under):
+                continue
+            mark = LineReading("⊕", score, [score])
+            return [p for p in placed if p not in under] + [(a0, width, mark)]
+        return placed
+
+    def _gap_words(self, strip: np.ndarray, words: list[tuple[float, float]], y0: float,
+                   y1: float) -> list[tuple[float, LineReading]]:
+        """Read the stretches of the ring between the detected words (``words``: start, width)."""
+        W = strip.shape[1]
+        band_h = max(y1 - y0, 8.0)
+        pad = 0.15 * band_h
+        top, bottom = int(max(0, y0 - pad)), int(min(strip.shape[0], y1 + pad))
+        doubled = np.concatenate([strip, strip], axis=1)[top:bottom]
+        starts = sorted(words) or [(0.0, 0.0)]
+        gaps = []
+        for k, (x0, wd) in enumerate(starts):
+            g0 = x0 + wd + pad
+            g1 = starts[(k + 1) % len(starts)][0] + (W if k + 1 >= len(starts) else 0) - pad
+            if not words:
+                g0, g1 = 0.0, float(W)
+            if g1 - g0 >= 0.6 * band_h:
+                gaps.append((g0, doubled[:, int(g0):int(g1)]))
+        if not gaps:
+            return []
+        crops = [np.ascontiguousarray(c) for _, c in gaps]
+        crops += [_enhance(c) for c in crops]
+        readings = self.recognizer.recognize([_upscale(c) for c in crops], HEADSTAMP_SYMBOLS)
+        out = []
+        n = len(gaps)
+        for k, (g0, _) in enumerate(gaps):
+            r = max(readings[k], readings[k + n], key=lambda lr: lr.confidence)
+            if r.confidence >= GAP_MIN_CONFIDENCE and (normalise(r.text)[0] or r.text.strip() in NATO_TOKENS):
+                out.append((g0 % W, r))
+        return out
 
     def read_headstamp(self, crop: np.ndarray, box: list[float], detection_index: int | None = None,
                        circle: tuple[float, float, float] | None = None) -> TextReading | None:
@@ -141,7 +280,7 @@ class OcrEngine:
         cx, cy, r = circle
         # start at 9 o'clock: with the quarter-turn offset above, reading starts near 12 o'clock
         strip = _upscale(unwrap_annulus(crop, (cx, cy), r, start_deg=180.0), 48)
-        words = [wd for wd in self.headstamp_tokens(strip) if normalise(wd.text)[0] or wd.text.strip() in ("+", "⊕")]
+        words = [wd for wd in self.headstamp_tokens(strip) if normalise(wd.text)[0] or wd.text.strip() in NATO_TOKENS]
         if not words:
             return None
         tokens = [t for wd in words for t in wd.text.upper().split()]
@@ -163,20 +302,25 @@ class OcrStep:
 
     With ``whole_image=True`` (used when no object detector is installed) the whole photo is read
     instead: as a headstamp when it is a case-head close-up (one dominant circle), else as text lines.
+    With ``firearm_serials=True`` the text detector also searches each firearm box for serial-like lines
+    (off by default: it costs one detector run per firearm).
     """
 
     name = "ocr"
     min_whole_chars = 3
 
-    def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False):
+    def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False,
+                 firearm_serials: bool = False):
         self.engine = engine
         self.margin = margin
         self.whole_image = whole_image
+        self.firearm_serials = firearm_serials
 
     @classmethod
     def from_registry(cls, registry: Registry, options: RuntimeOptions = RuntimeOptions(),
-                      whole_image: bool = False) -> OcrStep:
-        return cls(OcrEngine.from_registry(registry, options), whole_image=whole_image)
+                      whole_image: bool = False, firearm_serials: bool = False) -> OcrStep:
+        return cls(OcrEngine.from_registry(registry, options), whole_image=whole_image,
+                   firearm_serials=firearm_serials)
 
     def models(self) -> list[ModelRef]:
         return self.engine.models()
@@ -202,6 +346,14 @@ class OcrStep:
         if self.whole_image:
             self._read_whole(image, findings)
         for i, det in enumerate(list(findings.detections)):
+            if self.firearm_serials and det.family == FIREARM:
+                # serials stamped on a firearm that the detector did not box as a marking
+                h, w = image.shape[:2]
+                x0, y0 = max(0, int(det.box[0])), max(0, int(det.box[1]))
+                patch = image[y0:min(h, int(np.ceil(det.box[3]))), x0:min(w, int(np.ceil(det.box[2])))]
+                if min(patch.shape[:2]) >= 16:
+                    findings.texts.extend(self.engine.find_serials(patch, (x0, y0), detection_index=i))
+                continue
             if det.label not in ("marking", "case_head"):
                 continue
             patch = crop(image, det.box, self.margin)

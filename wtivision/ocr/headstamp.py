@@ -17,7 +17,8 @@ import numpy as np
 
 from ..results import HeadstampRecord
 
-NATO_TOKENS = {"⊕", "+", "(+)", "Φ", "⊗", "NATO"}
+# Convention: the NATO cross-in-circle is recorded as the token "+" (and HeadstampRecord.nato_mark).
+NATO_TOKENS = {"⊕", "+", "(+)", "Φ", "⊗", "NATO", "○", "◎", "⊙", "θ", "@", "●"}
 # The recogniser has no "⊕": a lone round symbol in a headstamp is read as one of these. Such a token is
 # taken as the NATO mark (and the reading is flagged for review by the caller when it is uncertain).
 NATO_LOOKALIKES = {"O", "0", "Q", "@", "G", "Ø", "Θ", "C", "E", "D"}
@@ -123,3 +124,56 @@ def unwrap_annulus(image_bgr: np.ndarray, center: tuple[float, float], radius: f
     strip = polar.transpose(1, 0, 2)[::-1]  # rows = radius (outer first), cols = angle
     r_in_px = int(n_rad * inner / outer)
     return np.ascontiguousarray(strip[: n_rad - r_in_px])
+
+
+def _gradient(gray: np.ndarray) -> np.ndarray:
+    import cv2
+
+    g = cv2.GaussianBlur(gray.astype(np.float32), (0, 0), 1.0)
+    return cv2.magnitude(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1))
+
+
+@functools.lru_cache(maxsize=16)
+def _nato_template(size: int) -> np.ndarray:
+    """Gradient magnitude of a cross-in-circle ``size`` px across (on a margin of size/4)."""
+    import cv2
+
+    m = size // 4
+    t = np.zeros((size + 2 * m, size + 2 * m), np.uint8)
+    c, r, w = (size // 2 + m, size // 2 + m), size // 2, max(1, size // 10)
+    cv2.circle(t, c, r, 255, w, cv2.LINE_AA)
+    cv2.line(t, (c[0] - r, c[1]), (c[0] + r, c[1]), 255, w, cv2.LINE_AA)
+    cv2.line(t, (c[0], c[1] - r), (c[0], c[1] + r), 255, w, cv2.LINE_AA)
+    return _gradient(t)
+
+
+def find_nato_marks(band_bgr: np.ndarray, char_heights: tuple[float, ...],
+                    min_score: float) -> list[tuple[float, float, float]]:
+    """Cross-in-circle marks in a horizontal band of an unwrapped headstamp: (x0, x1, score) each.
+
+    The recogniser has no symbol for the NATO mark (it reads it as O, 0, 9, R, ...), so it is found by
+    normalised correlation of gradient magnitudes (insensitive to stamp polarity and lighting) with a
+    drawn mark at a few sizes; peaks are suppressed within one mark's width.
+    """
+    import cv2
+
+    grad = _gradient(cv2.cvtColor(band_bgr, cv2.COLOR_BGR2GRAY))
+    hits: list[tuple[float, float, float]] = []
+    for ch in char_heights:
+        tpl = _nato_template(max(8, int(ch)))
+        if tpl.shape[0] > grad.shape[0] or tpl.shape[1] > grad.shape[1]:
+            continue
+        res = cv2.matchTemplate(grad, tpl, cv2.TM_CCOEFF_NORMED).max(axis=0)
+        tw = tpl.shape[1]
+        for _ in range(8):  # greedy 1-D non-maximum suppression within one mark's width
+            x = int(res.argmax())
+            if res[x] < min_score:
+                break
+            hits.append((float(x), float(x + tw), float(res[x])))
+            res[max(0, x - tw + 1): x + tw] = -1.0
+    hits.sort(key=lambda h: -h[2])
+    kept: list[tuple[float, float, float]] = []
+    for h in hits:
+        if all(h[1] <= k[0] or h[0] >= k[1] for k in kept):
+            kept.append(h)
+    return kept
