@@ -110,6 +110,12 @@ Sets come from `datasets/synth/text.py` with seeds {SERIAL_SEED} (serials) and {
 no threshold was tuned on them. No real stamped-text photos with ground truth are available to the project
 yet, so these figures say nothing about real worn, painted or rusted stamps.
 
+Serials: one crop per sample, read through `OcrEngine.read_serial` (text detection, deskew, rotations,
+CLAHE/glare variants). Headstamps: `OcrEngine.read_headstamp` on the end-on case-head image (Hough circle,
+polar unwrap, words de-duplicated around the ring, gaps read, NATO mark by template match). Tokens are compared
+as multisets after normalisation (upper case, separators removed); the NATO cross-in-circle counts as token `+`.
+Timings are wall-clock per crop in one process on a shared machine (other jobs were running).
+
 | set | n | metric | value | target |
 | --- | --- | --- | --- | --- |
 | serials | {s['n']} | exact match | {s['exact_match']} | >= 0.90 |

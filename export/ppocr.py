@@ -63,7 +63,7 @@ def convert(wheel: Path, models_dir: Path = MODELS_DIR) -> dict:
             )
             install_model(staged, spec, models_dir)
             out[name] = {"file": spec.file, "sha256": spec.sha256, "classes": len(classes)}
-    write_card("ppocr", card_text(out))
+    write_card("ppocr", card_text(out), models_dir)
     return out
 
 
@@ -80,7 +80,11 @@ def card_text(out: dict) -> str:
 - **Conversion**: `python -m export.ppocr` copies the ONNX files out of the wheel unchanged and puts the
   recogniser's dictionary (ONNX metadata `character`) into the manifest. No paddle at run time.
 - **Used by**: `wtivision.ocr` for serial numbers, markings and headstamps (after our own preprocessing for
-  stamped metal: CLAHE, glare suppression, rotations, polar unwrapping of case heads).
+  stamped metal: CLAHE, glare suppression, high-pass, rotations, polar unwrapping of case heads).
+- **Decoding in wtivision**: greedy CTC restricted to upper-case Latin letters, digits and `-./ ` (headstamps
+  add the round symbols the NATO mark is read as); the probability mass the model gives to other symbols is
+  not renormalised away, so it lowers the confidence. Batches are padded to a width of 160 (PaddleOCR: 320).
+  The NATO cross-in-circle is not in the dictionary: it is found by template matching and recorded as `+`.
 - **Accuracy**: see `docs/ocr-benchmark.md` (synthetic stamped serials and headstamps, fixed seeds). The
   models were trained by PaddleOCR on printed and scene text, not on stamped or engraved metal.
 - **Known limits**: deeply worn, painted-over or rusted stamps; headstamps with very small characters in

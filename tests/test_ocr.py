@@ -175,3 +175,12 @@ def test_ocr_models_verified_by_registry():
     for role in ("ocr_det", "ocr_rec"):
         spec = reg.default_for(role)
         assert spec is not None and reg.verify(spec).is_file()
+
+
+def test_code_table_single_source():
+    from pathlib import Path
+
+    link = Path(__file__).resolve().parents[1] / "datasets" / "headstamp_codes.csv"
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute()
+    assert link.resolve() == (Path(__file__).resolve().parents[1] / "wtivision" / "ocr" / "headstamp_codes.csv")
+    assert all(row.source for row in code_table().values())

@@ -4,7 +4,8 @@
     python -m datasets.synth.text headstamps --n 200 --seed 1 --out DIR
 
 Each sample is an image plus its ground truth (``labels.jsonl``: file, text/tokens, box). A ``preview.jpg``
-grid lets a person judge realism. Everything is drawn here (fonts from the system, DejaVu if present,
+grid lets a person judge realism (``preview_serials.jpg`` / ``preview_headstamps.jpg`` beside this file: seed
+1000, 36 samples each). Everything is drawn here (fonts from the system, DejaVu if present,
 else OpenCV's Hershey fonts); nothing is downloaded. The same seed always gives the same images.
 """
 

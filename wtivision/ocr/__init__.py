@@ -281,7 +281,7 @@ class OcrEngine:
         # start at 9 o'clock: with the quarter-turn offset above, reading starts near 12 o'clock
         strip = _upscale(unwrap_annulus(crop, (cx, cy), r, start_deg=180.0), 48)
         words = [wd for wd in self.headstamp_tokens(strip) if normalise(wd.text)[0] or wd.text.strip() in NATO_TOKENS]
-        if not words:
+        if not any(normalise(wd.text)[0] for wd in words):  # a round mark alone does not make a headstamp
             return None
         tokens = [t for wd in words for t in wd.text.upper().split()]
         rec = parse_headstamp(tokens)
