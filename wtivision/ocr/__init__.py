@@ -328,9 +328,12 @@ class OcrStep:
     def _read_whole(self, image: np.ndarray, findings: ImageFindings) -> None:
         h, w = image.shape[:2]
         box = [0.0, 0.0, float(w), float(h)]
-        circle = find_case_head(image)
+        circle = find_case_head(image, work_side=320)
         reading = None
-        if circle is not None and circle[2] > 0.3 * min(h, w):
+        # a case-head close-up: one large circle near the middle of the frame (Hough also "finds" circles
+        # in textured backgrounds; reading those as headstamps cost ~250 ms a photo for nothing)
+        if circle is not None and circle[2] > 0.3 * min(h, w) and \
+                abs(circle[0] - w / 2) < 0.2 * w and abs(circle[1] - h / 2) < 0.2 * h:
             reading = self.engine.read_headstamp(image, box, circle=circle)
         if reading is None:  # not a case head after all, or nothing legible on the ring
             reading = self.engine.read_serial(image, box)
