@@ -2,7 +2,11 @@
 
 Every importer yields :class:`Item` records (an image path and boxes in *pixels*, labelled with the
 source's own class names). ``map_items`` maps source class names onto the wtivision taxonomy with a
-per-source class map (source name -> taxonomy label, or ``None`` to drop the box).
+per-source class map (source name -> taxonomy label, or ``None`` to drop the box on purpose); a
+class the map does not name is reported and dropped.
+
+Readers never raise on a bad annotation line: they record it in ``Item.problems`` so that
+``datasets.build`` can report it in ``problems.txt``.
 """
 
 from __future__ import annotations
@@ -11,18 +15,23 @@ import csv
 import json
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wtivision.taxonomy import LABELS
+from wtivision.taxonomy import LABELS, TYPOLOGY_CLASSES
 
 logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
+#: labels an image-level (classification) source may map onto: detector labels and typology labels
+IMAGE_LABELS = set(LABELS) | set(TYPOLOGY_CLASSES.values())
+
 
 @dataclass
 class Box:
+    """An axis-aligned box in image pixels (x2 > x1, y2 > y1 once validated)."""
+
     label: str
     x1: float
     y1: float
@@ -32,103 +41,180 @@ class Box:
 
 @dataclass
 class Item:
+    """One image with its boxes (detection) or its image-level label (classification)."""
+
     image: Path
     boxes: list[Box] = field(default_factory=list)
-    image_label: str | None = None  # for image-level (classification) labels
+    image_label: str | None = None
     width: int = 0
     height: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
-def _size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, EXIF orientation ignored (labels use the stored pixels)."""
     from PIL import Image
 
     with Image.open(path) as im:
         return im.size
 
 
-def read_yolo(root: Path, names: list[str]) -> Iterator[Item]:
-    """``root/images/**/x.jpg`` with ``root/labels/**/x.txt`` (class cx cy w h, normalised)."""
+def _yolo_names(root: Path) -> list[str]:
+    """Class names from ``root/data.yaml`` (list or {index: name}), or [] if there is none."""
+    cfg = root / "data.yaml"
+    if not cfg.is_file():
+        return []
+    import yaml
+
+    names = yaml.safe_load(cfg.read_text(encoding="utf-8")).get("names", [])
+    if isinstance(names, dict):
+        return [names[k] for k in sorted(names)]
+    return list(names)
+
+
+def read_yolo(root: Path, names: list[str] | None = None) -> Iterator[Item]:
+    """``root/images/**/x.jpg`` with ``root/labels/**/x.txt`` (``class cx cy w h``, normalised).
+
+    ``names`` maps class index -> source class name; default: ``root/data.yaml``'s names.
+    """
+    root = Path(root)
+    names = list(names) if names else _yolo_names(root)
     for img in sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        rel = img.relative_to(root / "images").with_suffix(".txt")
-        lab = root / "labels" / rel
+        item = Item(img)
         try:
-            w, h = _size(img)
-        except Exception as exc:
-            logger.warning("unreadable image %s: %s", img, exc)
-            yield Item(img)
+            item.width, item.height = image_size(img)
+        except Exception as exc:  # noqa: BLE001 - any decoder error means unreadable
+            item.problems.append(f"unreadable image ({exc})")
+            yield item
             continue
-        boxes = []
-        if lab.is_file():
-            for line in lab.read_text().splitlines():
-                parts = line.split()
-                if len(parts) < 5:
-                    continue
-                c, cx, cy, bw, bh = int(parts[0]), *map(float, parts[1:5])
-                boxes.append(Box(names[c] if c < len(names) else str(c), (cx - bw / 2) * w, (cy - bh / 2) * h,
-                                 (cx + bw / 2) * w, (cy + bh / 2) * h))
-        yield Item(img, boxes, width=w, height=h)
+        lab = root / "labels" / img.relative_to(root / "images").with_suffix(".txt")
+        lines = lab.read_text(encoding="utf-8").splitlines() if lab.is_file() else []
+        for n, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                c = int(parts[0])
+                cx, cy, bw, bh = (float(v) for v in parts[1:5])
+            except ValueError:
+                item.problems.append(f"{lab.name}:{n}: malformed line {line!r}")
+                continue
+            w, h = item.width, item.height
+            item.boxes.append(Box(names[c] if 0 <= c < len(names) else str(c),
+                                  (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
+        yield item
 
 
 def read_coco(json_path: Path, image_dir: Path | None = None) -> Iterator[Item]:
+    """A COCO detection json (``bbox`` = [x, y, w, h] in pixels); images relative to ``image_dir``
+    (default: the json's folder). Crowd annotations are skipped."""
     data = json.loads(Path(json_path).read_text(encoding="utf-8"))
     cats = {c["id"]: c["name"] for c in data.get("categories", [])}
     by_img: dict[int, list[Box]] = {}
     for a in data.get("annotations", []):
-        x, y, bw, bh = a["bbox"]
-        by_img.setdefault(a["image_id"], []).append(Box(cats.get(a["category_id"], str(a["category_id"])),
-                                                        x, y, x + bw, y + bh))
-    base = image_dir or Path(json_path).parent
+        if a.get("iscrowd"):
+            continue
+        x, y, bw, bh = (float(v) for v in a["bbox"])
+        name = cats.get(a["category_id"], str(a["category_id"]))
+        by_img.setdefault(a["image_id"], []).append(Box(name, x, y, x + bw, y + bh))
+    base = Path(image_dir) if image_dir else Path(json_path).parent
     for im in data.get("images", []):
-        yield Item(base / im["file_name"], by_img.get(im["id"], []), width=int(im.get("width", 0)),
-                   height=int(im.get("height", 0)))
+        yield Item(base / im["file_name"], by_img.get(im["id"], []), width=int(im.get("width") or 0),
+                   height=int(im.get("height") or 0))
 
 
 def read_voc(ann_dir: Path, image_dir: Path | None = None) -> Iterator[Item]:
+    """Pascal VOC xml files under ``ann_dir`` (pixel ``bndbox``); images in ``image_dir`` or beside the xml."""
     for xml in sorted(Path(ann_dir).rglob("*.xml")):
-        root = ET.parse(xml).getroot()
-        fname = root.findtext("filename") or xml.with_suffix(".jpg").name
-        img = (image_dir or xml.parent) / fname
+        try:
+            root = ET.parse(xml).getroot()
+        except ET.ParseError as exc:
+            yield Item(xml.with_suffix(".jpg"), problems=[f"{xml.name}: unreadable xml ({exc})"])
+            continue
+        fname = (root.findtext("filename") or xml.with_suffix(".jpg").name).strip()
+        item = Item((Path(image_dir) if image_dir else xml.parent) / fname)
         size = root.find("size")
-        w = int(float(size.findtext("width", "0"))) if size is not None else 0
-        h = int(float(size.findtext("height", "0"))) if size is not None else 0
-        boxes = []
+        if size is not None:
+            item.width = int(float(size.findtext("width", "0") or 0))
+            item.height = int(float(size.findtext("height", "0") or 0))
         for obj in root.iter("object"):
             bb = obj.find("bndbox")
-            if bb is None:
+            name = (obj.findtext("name") or "").strip()
+            try:
+                coords = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]  # type: ignore[union-attr]
+            except (AttributeError, TypeError, ValueError):
+                item.problems.append(f"{xml.name}: object {name!r} without a valid bndbox")
                 continue
-            boxes.append(Box(obj.findtext("name", "").strip(), *(float(bb.findtext(k, "0"))
-                                                                  for k in ("xmin", "ymin", "xmax", "ymax"))))
-        yield Item(img, boxes, width=w, height=h)
+            item.boxes.append(Box(name, *coords))
+        yield item
 
 
 def read_csv_labels(csv_path: Path, image_dir: Path | None = None) -> Iterator[Item]:
-    """Image-level labels: a CSV with columns ``image,label``."""
-    base = image_dir or Path(csv_path).parent
+    """Image-level labels: a CSV with columns ``image,label`` (image relative to ``image_dir`` or the CSV)."""
+    base = Path(image_dir) if image_dir else Path(csv_path).parent
     with open(csv_path, newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
-            yield Item(base / row["image"], image_label=row["label"].strip())
+            yield Item(base / row["image"].strip(), image_label=row["label"].strip())
 
 
-READERS = {"yolo": read_yolo, "coco": read_coco, "voc": read_voc, "csv": read_csv_labels}
+def _read_yolo_source(path: Path, images: Path | None, names: list[str] | None) -> Iterator[Item]:
+    return read_yolo(path, names)
 
 
-def map_items(items, class_map: dict[str, str | None]) -> Iterator[tuple[Item, list[str]]]:
-    """Map source labels onto the taxonomy. Yields (item, problems). Unknown source classes are reported
-    and dropped; ``None`` in the map drops a class on purpose."""
+def _read_other(reader: Callable[[Path, Path | None], Iterator[Item]]):
+    def read(path: Path, images: Path | None, names: list[str] | None) -> Iterator[Item]:
+        return reader(path, images)
+
+    return read
+
+
+#: format name -> reader(path, images, names)
+READERS: dict[str, Callable[[Path, Path | None, list[str] | None], Iterator[Item]]] = {
+    "yolo": _read_yolo_source,
+    "coco": _read_other(read_coco),
+    "voc": _read_other(read_voc),
+    "csv": _read_other(read_csv_labels),
+}
+
+
+def load_class_map(spec: dict | str | Path | None, base: Path | None = None) -> dict[str, str | None]:
+    """A class map given inline (dict) or as a yaml file (path, relative to ``base``); checked against
+    the taxonomy (``None`` = drop the class on purpose)."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        import yaml
+
+        p = Path(spec)
+        if not p.is_absolute() and base is not None:
+            p = base / p
+        spec = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    out: dict[str, str | None] = {}
+    for src, target in spec.items():
+        if target is not None and target not in IMAGE_LABELS:
+            raise ValueError(f"class map sends {src!r} to {target!r}, which is not a taxonomy label")
+        out[str(src)] = target
+    return out
+
+
+def map_items(items: Iterable[Item], class_map: dict[str, str | None]) -> Iterator[Item]:
+    """Map source labels onto the taxonomy in place. Classes absent from the map are reported in
+    ``item.problems`` and dropped; ``None`` drops a class silently. Box targets must be detector labels."""
     for it in items:
-        problems = []
         kept = []
         for b in it.boxes:
             if b.label not in class_map:
-                problems.append(f"unmapped class {b.label!r}")
+                it.problems.append(f"unmapped class {b.label!r}, box dropped")
                 continue
             target = class_map[b.label]
             if target is None:
                 continue
             if target not in LABELS:
-                raise ValueError(f"class map sends {b.label!r} to {target!r}, not a taxonomy label")
+                raise ValueError(f"class map sends box class {b.label!r} to {target!r}, not a detector label")
             kept.append(Box(target, b.x1, b.y1, b.x2, b.y2))
         it.boxes = kept
         if it.image_label is not None:
-            it.image_label = class_map.get(it.image_label, it.image_label)
-        yield it, problems
+            if it.image_label not in class_map:
+                it.problems.append(f"unmapped image label {it.image_label!r}, image dropped")
+            it.image_label = class_map.get(it.image_label)
+        yield it

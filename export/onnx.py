@@ -1,329 +1,563 @@
-"""Export a trained detector run to ONNX for the wtivision runtime, with parity checks and a model card.
+"""Export a trained run (detector or classifier) to ONNX for the wtivision runtime, with parity checks,
+optional int8, a model card and manifest registration.
 
-    python -m export.onnx RUN_DIR [--int8] [--name NAME] [--default] [--models-dir models] [--data DIR]
+    python -m export.onnx RUN_DIR [--int8] [--models-dir models] [--name NAME] [--default]
+                          [--role ROLE] [--data DIR] [--version V]
 
-- fp32 ONNX (opset 17, static 1x3xSxS) with metadata (class names, input size, task, version, dataset
-  manifest hash), simplified with onnxslim;
-- parity: the export FAILS if the ONNX raw outputs differ from PyTorch beyond ``--atol`` or if
-  wtivision's boxes differ from ultralytics' by more than 1 px / scores by more than 1e-3;
-- ``--int8``: static QDQ quantisation calibrated on training-split images, with its agreement with fp32
-  (fraction of fp32 detections matched at IoU 0.5 with the same class) and its latency;
-- a model card in models/cards/ with per-class AP on the test split, and manifest registration.
+Steps:
+
+1. fp32 ONNX through ultralytics (opset 17, static 1x3xSxS input, no NMS in the graph), simplified with
+   onnxslim, with ``metadata_props``: ``wtivision_classes`` (json), ``wtivision_input_size``,
+   ``wtivision_task``, ``wtivision_version``, ``wtivision_dataset_manifest_sha256``.
+2. Parity, which FAILS the export (``ParityError``, exit status 1) beyond tolerance:
+
+   - raw outputs: the ONNX graph vs the PyTorch model on the same input tensors (detector: box rows within
+     ``BOX_ATOL`` px, score rows within ``SCORE_ATOL``; classifier: probabilities within ``SCORE_ATOL``);
+   - final results: ``wtivision.runtime.YoloDetector`` vs ``ultralytics.YOLO(best.pt).predict`` (PyTorch)
+     and vs ``ultralytics.YOLO(model.onnx).predict`` on the same images: same boxes and classes, every box
+     within ``BOX_PX`` px and every score within ``SCORE_TOL``; classifier: ``ImageClassifier`` top-1 equal
+     to ultralytics' and probabilities within ``SCORE_TOL``. The confidence threshold for each image is put in
+     a gap of its score distribution with at least ten candidates above it, so even a barely trained model
+     gives boxes to compare and no box sits on the threshold.
+3. ``--int8``: static QDQ quantisation (onnxruntime) calibrated on training-split images; the detection
+   head's decode (DFL, box arithmetic, sigmoid, final concat) stays fp32. Reported: agreement with fp32
+   (detector: fraction of fp32 detections matched at IoU 0.5 with the same class, at conf 0.25 and 0.1;
+   classifier: top-1 agreement) and latency. It is registered as ``<name>-int8`` and becomes the default
+   only with ``--default`` and agreement >= 0.98 and a lower latency.
+4. Test-split metrics (per-class AP50 / top-1 accuracy) from ultralytics' validator, latency on this
+   machine, a model card ``<models-dir>/cards/<name>.md`` and the manifest entry.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
-import statistics
+import os
+import platform
 import tempfile
-import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from export.common import MODELS_DIR, install_model, md_table, offline_ultralytics, write_card
-from wtivision.ops import box_iou
+from export.common import (
+    MODELS_DIR,
+    add_onnx_metadata,
+    box_agreement,
+    install_model,
+    latency_ms,
+    md_table,
+    offline_ultralytics,
+    slim_onnx,
+    top1_agreement,
+    write_card,
+)
 from wtivision.registry import ModelSpec, Registry, sha256_file, write_manifest_entry
-from wtivision.runtime import RuntimeOptions, YoloDetector
+from wtivision.runtime import ImageClassifier, RuntimeOptions, YoloDetector
 from wtivision.taxonomy import LABELS
 
 logger = logging.getLogger(__name__)
 
+OPSET = 17
+BOX_ATOL = 1e-2  # px, raw box rows ONNX vs PyTorch
+SCORE_ATOL = 1e-4  # raw class scores / probabilities ONNX vs PyTorch
+BOX_PX = 1.0  # final boxes wtivision vs ultralytics
+SCORE_TOL = 1e-3  # final scores wtivision vs ultralytics
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
 
 class ParityError(RuntimeError):
-    pass
+    """The exported model does not reproduce the PyTorch model within tolerance."""
 
 
-def _images(folder: Path | None, n: int, size: int, seed: int = 0) -> list[np.ndarray]:
+@dataclass
+class Run:
+    """A training run folder and what the export needs from it."""
+
+    dir: Path
+    weights: Path
+    task: str
+    names: list[str]
+    imgsz: int
+    manifest_sha256: str = ""
+    dataset: Path | None = None  # folder built by datasets.build
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def detect(self) -> bool:
+        return self.task == "detect"
+
+
+def load_run(run_dir: Path, data: Path | None = None) -> tuple[Run, Any]:
+    """The run's metadata and its ultralytics model (best.pt, else last.pt)."""
+    from ultralytics import YOLO
+
+    run_dir = Path(run_dir)
+    pt = run_dir / "weights" / "best.pt"
+    if not pt.is_file():
+        pt = run_dir / "weights" / "last.pt"
+    if not pt.is_file():
+        raise FileNotFoundError(f"no weights/best.pt or weights/last.pt in {run_dir}")
+    model = YOLO(str(pt))
+    names = [model.names[i] for i in range(len(model.names))]
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
+    if data is None:
+        manifest = info.get("dataset_manifest") or ""
+        data = Path(manifest).parent if manifest and Path(manifest).is_file() else None
+    run = Run(run_dir, pt, model.task, names, int(model.model.args.get("imgsz", 640)),
+              info.get("dataset_manifest_sha256", ""), Path(data) if data else None)
+    if run.detect:
+        unknown = [n for n in names if n not in LABELS]
+        if unknown:
+            raise ValueError(f"detector classes not in wtivision.taxonomy: {unknown}")
+    return run, model
+
+
+# -- images -------------------------------------------------------------------------------------------
+def sample_images(folder: Path | None, n: int, seed: int = 0, fallback_size: int = 320) -> list[np.ndarray]:
+    """Up to ``n`` images drawn with ``seed`` from ``folder`` (recursively), topped up with synthetic scenes."""
     import cv2
 
-    out = []
-    if folder is not None and folder.is_dir():
-        for p in sorted(folder.glob("*"))[:n]:
-            im = cv2.imread(str(p))
-            if im is not None:
-                out.append(im)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) \
+        if folder is not None and folder.is_dir() else []
+    rng = np.random.default_rng(seed)
+    if len(paths) > n:
+        paths = [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
+    out = [im for im in (cv2.imread(str(p)) for p in paths) if im is not None]
     if len(out) < n:
         from datasets.synth.scenes import scene
 
-        rng = np.random.default_rng(seed)
-        out += [scene(rng, size)[0] for _ in range(n - len(out))]
+        out += [scene(rng, fallback_size)[0] for _ in range(n - len(out))]
     return out
 
 
-def _stage(spec: ModelSpec, path: Path) -> tuple[YoloDetector, Path]:
-    d = path.parent
+def _split_dir(run: Run, split: str) -> Path | None:
+    if run.dataset is None:
+        return None
+    return run.dataset / ("images" if run.detect else "classify") / split
+
+
+# -- export -------------------------------------------------------------------------------------------
+def export_fp32(run: Run, model: Any, out: Path, version: str) -> Path:
+    """ultralytics ONNX export (static, opset 17, fp32), wtivision metadata, onnxslim; written to ``out``."""
+    src = Path(model.export(format="onnx", imgsz=run.imgsz, opset=OPSET, simplify=False, dynamic=False,
+                            half=False, nms=False, device="cpu", verbose=False))
+    os.replace(src, out)
+    add_onnx_metadata(out, {"wtivision_classes": json.dumps(run.names), "wtivision_input_size": str(run.imgsz),
+                            "wtivision_task": run.task, "wtivision_version": version,
+                            "wtivision_dataset_manifest_sha256": run.manifest_sha256})
+    slim_onnx(out)
+    return out
+
+
+def stage(spec: ModelSpec, path: Path, conf: float = 0.25) -> YoloDetector | ImageClassifier:
+    """A runtime runner for a model file outside ``models/`` (a manifest is written beside it)."""
     spec.sha256 = sha256_file(path)
-    write_manifest_entry(d, spec)
-    return YoloDetector(spec, Registry(d), RuntimeOptions(), conf_threshold=spec.extra.get("conf", 0.25)), d
+    write_manifest_entry(path.parent, spec)
+    reg = Registry(path.parent)
+    if spec.task == "detect":
+        return YoloDetector(spec, reg, RuntimeOptions(), conf_threshold=conf)
+    return ImageClassifier(spec, reg, RuntimeOptions())
 
 
-def _gap_threshold(raw: np.ndarray, min_boxes: int = 10, rel_gap: float = 0.02) -> float:
-    """A confidence threshold that lets at least ``min_boxes`` candidates through and lies in a gap of at
-    least ``rel_gap`` (relative) between candidate scores, so rounding differences between runtimes cannot
-    move a box across it."""
-    scores = np.sort(raw[0, 4:].max(axis=0))[::-1]
-    for k in range(min_boxes, len(scores)):
-        if scores[k - 1] - scores[k] > rel_gap * scores[k - 1]:
-            return float((scores[k - 1] + scores[k]) / 2)
-    return float(scores[-1]) / 2
+# -- parity -------------------------------------------------------------------------------------------
+def gap_threshold(raw: np.ndarray, iou_threshold: float = 0.7, max_boxes: int = 50, rel_margin: float = 1e-4,
+                  abs_margin: float = 1e-6) -> float:
+    """A confidence threshold for a well-conditioned comparison of two runtimes on one image.
+
+    Keeps the largest set of top candidates (at most ``max_boxes``) such that: the threshold lies in a gap
+    wider than the margin (``rel_margin * score + abs_margin``); no kept candidate has a runner-up class
+    within the margin; and no two kept candidates of one class that NMS could weigh against each other (IoU
+    above ``iou_threshold - 0.2``) have scores within the margin. Numeric noise between runtimes (~1e-7 on
+    scores) then can neither move a box across the threshold, nor change its class, nor reorder NMS; this
+    matters for barely trained models whose candidate scores nearly tie. Returns a threshold above the top
+    score (no boxes) if not even the best candidate qualifies.
+    """
+    from wtivision.ops import box_iou, xywh2xyxy
+
+    pred = np.asarray(raw, dtype=np.float64)[0].T
+    cls_scores = pred[:, 4:]
+    order = np.argsort(-cls_scores.max(axis=1), kind="stable")[:max_boxes + 1]
+    top2 = np.sort(cls_scores[order], axis=1)[:, ::-1][:, :2]
+    s, c = top2[:, 0], cls_scores[order].argmax(axis=1)
+    boxes = xywh2xyxy(pred[order, :4])
+
+    def margin(x: float) -> float:
+        return rel_margin * x + abs_margin
+
+    best = 0
+    for k in range(1, len(s)):
+        j = k - 1  # the candidate joining the kept set
+        if top2.shape[1] > 1 and top2[j, 0] - top2[j, 1] <= margin(s[j]):
+            break
+        same = np.nonzero(c[:j] == c[j])[0]
+        if len(same):
+            ious = box_iou(boxes[j:j + 1], boxes[same])[0]
+            if np.any((np.abs(s[same] - s[j]) <= margin(s[j])) & (ious > iou_threshold - 0.2)):
+                break
+        if s[j] - s[k] > margin(s[j]):
+            best = k
+    if best == 0:
+        return float(s[0]) * 1.01 + abs_margin
+    return float((s[best - 1] + s[best]) / 2)
 
 
-def _compare(det: YoloDetector, im: np.ndarray, result) -> tuple[int, float, float]:
-    """Match wtivision's detections on ``im`` with an ultralytics Results object: (n, max box diff, max
-    score diff). Raises ParityError when the sets differ."""
-    ours = det.detect(im)
-    tb = result.boxes.xyxy.cpu().numpy()
-    ts = result.boxes.conf.cpu().numpy()
-    tl = [det.spec.classes[int(c)] for c in result.boxes.cls.cpu().numpy()]
+def compare_detections(ours: list, result: Any, names: list[str]) -> tuple[int, float, float]:
+    """Match wtivision detections one-to-one with an ultralytics ``Results`` (same class, nearest box).
+
+    Returns (boxes compared, max box coordinate difference px, max score difference); raises
+    ParityError when the two sets differ in size or class."""
+    tb = result.boxes.xyxy.cpu().numpy().astype(np.float64)
+    ts = result.boxes.conf.cpu().numpy().astype(np.float64)
+    tl = [names[int(c)] for c in result.boxes.cls.cpu().numpy()]
     if len(ours) != len(tb):
-        raise ParityError(f"ultralytics found {len(tb)} boxes, wtivision {len(ours)} (conf {det.conf_threshold})")
+        raise ParityError(f"ultralytics found {len(tb)} boxes, wtivision {len(ours)}")
+    free = set(range(len(tb)))
     box_diff = score_diff = 0.0
     for d in ours:
-        cands = [i for i, lab in enumerate(tl) if lab == d.label]
+        cands = [i for i in free if tl[i] == d.label]
         if not cands:
-            raise ParityError(f"no ultralytics box of class {d.label}")
-        diffs = [float(np.abs(np.array(d.box) - tb[i]).max()) for i in cands]
+            raise ParityError(f"wtivision box {d.label} {d.box} has no ultralytics counterpart")
+        diffs = [float(np.abs(np.asarray(d.box) - tb[i]).max()) for i in cands]
         i = cands[int(np.argmin(diffs))]
+        free.discard(i)
         box_diff = max(box_diff, min(diffs))
         score_diff = max(score_diff, abs(d.confidence - float(ts[i])))
     return len(ours), box_diff, score_diff
 
 
-def check_parity(pt_model, det: YoloDetector, images: list[np.ndarray], imgsz: int, atol: float = 1e-3) -> dict:
-    """Parity of the export, in two parts that must both hold:
-
-    1. the ONNX graph's raw output equals the PyTorch model's on the same input tensor (max abs diff
-       ``atol`` relative to the output's scale);
-    2. wtivision's detections (numpy letterbox, NMS, rescale) equal ultralytics' predictions with the same
-       ONNX graph on the same image: every box within 1 px, every score within 1e-3.
-
-    For each image the confidence threshold is set in a gap of the score distribution with at least ten
-    candidates above it, so even an untrained model yields boxes to compare. (Comparing detections of the
-    PyTorch model directly is ill-conditioned for weak models, whose candidate scores tie to 1e-4: the
-    ~1e-5 numeric differences of two runtimes then reorder NMS. Part 1 covers that difference.)
-    """
+def _torch_raw(net: Any, x: np.ndarray) -> np.ndarray:
     import torch
+
+    with torch.no_grad():
+        y = net(torch.from_numpy(x))
+    return (y[0] if isinstance(y, (list, tuple)) else y).numpy()
+
+
+def detect_parity(pt_model: Any, det: YoloDetector, images: list[np.ndarray]) -> dict[str, Any]:
+    """Raw ONNX vs PyTorch outputs, and wtivision's boxes vs ultralytics' (PyTorch and ONNX); see the module
+    docstring. Raises ParityError beyond tolerance; returns the measured figures."""
     from ultralytics import YOLO
 
     onnx_model = YOLO(str(det.path), task="detect")
-    raw_diff = box_diff = score_diff = 0.0
-    n_boxes = 0
-    scale = 1.0
-    net = pt_model.model.eval()
+    net = pt_model.model.float().eval()
+    # non-square crops too, so that letterbox padding and the box rescaling are exercised
+    images = [*images, *(im[:, : max(16, im.shape[1] * 3 // 5)] for im in images[:2]),
+              *(im[: max(16, im.shape[0] * 3 // 5)] for im in images[2:4])]
     keep_conf = det.conf_threshold
+    r: dict[str, Any] = {"images": len(images), "raw_box_diff_px": 0.0, "raw_score_diff": 0.0}
+    per = {"pytorch": [0, 0.0, 0.0], "onnx": [0, 0.0, 0.0]}
+    imgsz = det.input_hw[0]
     try:
         for im in images:
             x, _, _ = det.preprocess(im)
-            with torch.no_grad():
-                y = net(torch.from_numpy(x))
-            y = (y[0] if isinstance(y, (list, tuple)) else y).numpy()
-            onnx_raw = det.run(x)[0]
-            raw_diff = max(raw_diff, float(np.abs(y - onnx_raw).max()))
-            scale = max(scale, float(np.abs(y).max()) / 100)
-            det.conf_threshold = conf = _gap_threshold(onnx_raw)
-            res = onnx_model.predict(im, imgsz=imgsz, conf=conf, iou=det.iou_threshold, device="cpu",
-                                     verbose=False)[0]
-            n, bd, sd = _compare(det, im, res)
-            n_boxes += n
-            box_diff, score_diff = max(box_diff, bd), max(score_diff, sd)
+            y, o = _torch_raw(net, x), det.run(x)[0]
+            r["raw_box_diff_px"] = max(r["raw_box_diff_px"], float(np.abs(y[:, :4] - o[:, :4]).max()))
+            r["raw_score_diff"] = max(r["raw_score_diff"], float(np.abs(y[:, 4:] - o[:, 4:]).max()))
+            noise = float(np.abs(y[:, 4:] - o[:, 4:]).max())
+            det.conf_threshold = conf = gap_threshold(o, det.iou_threshold, abs_margin=max(10 * noise, 1e-7))
+            ours = det.detect(im)
+            for key, m in (("pytorch", pt_model), ("onnx", onnx_model)):
+                res = m.predict(im, imgsz=imgsz, conf=conf, iou=det.iou_threshold, max_det=det.max_det,
+                                rect=False, device="cpu", verbose=False)[0]
+                try:
+                    n, bd, sd = compare_detections(ours, res, det.spec.classes)
+                except ParityError as exc:
+                    raise ParityError(f"wtivision vs ultralytics ({key}), conf {conf:.5f}: {exc}") from exc
+                p = per[key]
+                p[0] += n
+                p[1], p[2] = max(p[1], bd), max(p[2], sd)
     finally:
         det.conf_threshold = keep_conf
-    r = {"images": len(images), "boxes_compared": n_boxes, "max_raw_output_diff_vs_pytorch": raw_diff,
-         "max_box_diff_px_vs_ultralytics": round(box_diff, 4), "max_score_diff_vs_ultralytics": round(score_diff, 6)}
-    if raw_diff > atol * scale or box_diff > 1.0 or score_diff > 1e-3:
+    for key, (n, bd, sd) in per.items():
+        r[f"boxes_compared_vs_ultralytics_{key}"] = n
+        r[f"max_box_diff_px_vs_ultralytics_{key}"] = round(bd, 5)
+        r[f"max_score_diff_vs_ultralytics_{key}"] = round(sd, 7)
+    r["raw_box_diff_px"], r["raw_score_diff"] = round(r["raw_box_diff_px"], 6), round(r["raw_score_diff"], 8)
+    bad = [k for k, lim in (("raw_box_diff_px", BOX_ATOL), ("raw_score_diff", SCORE_ATOL),
+                            ("max_box_diff_px_vs_ultralytics_pytorch", BOX_PX),
+                            ("max_box_diff_px_vs_ultralytics_onnx", BOX_PX),
+                            ("max_score_diff_vs_ultralytics_pytorch", SCORE_TOL),
+                            ("max_score_diff_vs_ultralytics_onnx", SCORE_TOL)) if r[k] > lim]
+    if bad:
+        raise ParityError(f"export differs beyond tolerance in {bad}: {r}")
+    if per["pytorch"][0] == 0:
+        raise ParityError(f"no detections to compare on {len(images)} images: {r}")
+    return r
+
+
+def classify_parity(pt_model: Any, clf: ImageClassifier, images: list[np.ndarray]) -> dict[str, Any]:
+    """Raw probabilities ONNX vs PyTorch, and wtivision's top-1/probabilities vs ultralytics' predict."""
+    net = pt_model.model.float().eval()
+    raw = prob = 0.0
+    same = 0
+    for im in images:
+        x = clf.preprocess(im)
+        y, o = _torch_raw(net, x), clf.run(x)[0]
+        raw = max(raw, float(np.abs(y - o).max()))
+        p = clf.probabilities(im)
+        res = pt_model.predict(im, imgsz=clf.size, device="cpu", verbose=False)[0]
+        tp = res.probs.data.cpu().numpy()
+        prob = max(prob, float(np.abs(p - tp).max()))
+        same += int(np.argmax(p) == int(res.probs.top1))
+    r = {"images": len(images), "raw_prob_diff": round(raw, 8), "max_prob_diff_vs_ultralytics": round(prob, 7),
+         "top1_agreement_vs_ultralytics": round(same / max(len(images), 1), 4)}
+    if raw > SCORE_ATOL or prob > SCORE_TOL or same != len(images):
         raise ParityError(f"export differs beyond tolerance: {r}")
     return r
 
 
-def agreement(ref: YoloDetector, other: YoloDetector, images: list[np.ndarray]) -> float:
-    """Fraction of ``ref`` detections matched by ``other`` (IoU >= 0.5, same label)."""
-    total = matched = 0
-    for im in images:
-        a, b = ref.detect(im), other.detect(im)
-        total += len(a)
-        used: set[int] = set()
-        for d in a:
-            best, bi = 0.0, -1
-            for j, e in enumerate(b):
-                if j in used or e.label != d.label:
-                    continue
-                iou = float(box_iou([d.box], [e.box])[0, 0])
-                if iou > best:
-                    best, bi = iou, j
-            if best >= 0.5:
-                matched += 1
-                used.add(bi)
-    return matched / total if total else 1.0
+# -- int8 ---------------------------------------------------------------------------------------------
+def head_decode_nodes(path: Path) -> list[str]:
+    """Nodes of the YOLO detection head's decode (everything in the last ``/model.N/`` module except the
+    cv2/cv3 convolution branches): kept in fp32 by the quantiser for box precision."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    prefixes = [n.name.split("/")[1] for n in nodes if n.name.startswith("/model.")]
+    if not prefixes:
+        return [n.name for n in nodes[-12:]]
+    head = max(prefixes, key=lambda p: int(p.split(".")[1]) if p.split(".")[1].isdigit() else -1)
+    return [n.name for n in nodes if n.name.startswith(f"/{head}/")
+            and not any(f"/{b}." in n.name for b in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"))]
 
 
-def latency_ms(det: YoloDetector, images: list[np.ndarray], n: int = 20) -> float:
-    det.detect(images[0])
-    ts = []
-    for im in (images * (n // max(len(images), 1) + 1))[:n]:
-        t0 = time.perf_counter()
-        det.detect(im)
-        ts.append((time.perf_counter() - t0) * 1000)
-    return round(statistics.median(ts), 2)
-
-
-def quantize_int8(fp32: Path, det: YoloDetector, calib: list[np.ndarray], out: Path) -> Path:
+def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path) -> Path:
+    """Static QDQ int8 (per-channel weights, uint8 activations, MinMax calibration on ``calib`` images)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
+    input_name = runner.session.get_inputs()[0].name
+    tensors = [runner.preprocess(im)[0] if isinstance(runner, YoloDetector) else runner.preprocess(im)
+               for im in calib]
 
-        def get_next(self):
-            im = next(self.it, None)
-            return None if im is None else {det.session.get_inputs()[0].name: det.preprocess(im)[0]}
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tensors)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {input_name: x}
 
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    # keep the detection head's decode (the last Concat/Mul/Sigmoid nodes) in fp32 for box precision
-    import onnx
-
-    g = onnx.load(str(pre)).graph
-    tail = [n.name for n in g.node[-12:]]
+    exclude = head_decode_nodes(pre) if isinstance(runner, YoloDetector) else []
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=tail)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
     pre.unlink(missing_ok=True)
     return out
 
 
-def per_class_metrics(pt_model, data_yaml: Path | None, imgsz: int) -> dict:
-    if data_yaml is None or not data_yaml.is_file():
+# -- metrics and card ---------------------------------------------------------------------------------
+def split_metrics(model: Any, run: Run) -> dict[str, Any]:
+    """Metrics of the PyTorch model on the dataset's test split ({} without one)."""
+    test = _split_dir(run, "test")
+    if test is None or not test.is_dir() or not any(test.rglob("*.*")):
         return {}
-    m = pt_model.val(data=str(data_yaml), split="test", imgsz=imgsz, device="cpu", plots=False, verbose=False)
-    names = pt_model.names
-    out = {"mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4), "per_class_AP50": {}}
-    for i, c in enumerate(m.box.ap_class_index):
-        out["per_class_AP50"][names[int(c)]] = round(float(m.box.ap50[i]), 4)
-    return out
+    if run.detect:
+        m = model.val(data=str(run.dataset / "data.yaml"), split="test", imgsz=run.imgsz, device="cpu",
+                      plots=False, verbose=False, batch=8)
+        out: dict[str, Any] = {"mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4),
+                               "per_class_AP50": {}}
+        for i, c in enumerate(m.box.ap_class_index):
+            out["per_class_AP50"][run.names[int(c)]] = round(float(m.box.ap50[i]), 4)
+        return out
+    m = model.val(data=str(run.dataset / "classify"), split="test", imgsz=run.imgsz, device="cpu", plots=False,
+                  verbose=False, batch=16)
+    return {"top1": round(float(m.top1), 4), "top5": round(float(m.top5), 4)}
 
 
-def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = None, int8: bool = False,
-               default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1") -> dict:
-    offline_ultralytics()
-    import onnx
-    from ultralytics import YOLO
-
-    pt = run_dir / "weights" / "best.pt"
-    if not pt.is_file():
-        pt = run_dir / "weights" / "last.pt"
-    model = YOLO(str(pt))
-    names = [model.names[i] for i in range(len(model.names))]
-    unknown = [n for n in names if n not in LABELS]
-    if unknown:
-        raise SystemExit(f"model classes not in the taxonomy: {unknown}")
-    imgsz = int(model.model.args.get("imgsz", 640))
-    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").is_file() else {}
-    manifest_hash = run_info.get("dataset_manifest_sha256", "")
-    name = name or f"detector-{run_dir.name}"
-    data_dir = data
-    if data_dir is None and (run_dir / "args.yaml").is_file():
-        import yaml
-
-        dy = Path(yaml.safe_load((run_dir / "args.yaml").read_text()).get("data", ""))
-        data_dir = dy.parent if dy.is_file() else None
-    data_yaml = data_dir / "data.yaml" if data_dir else None
-    result: dict = {"name": name, "imgsz": imgsz, "classes": names}
-    with tempfile.TemporaryDirectory() as td:
-        tdp = Path(td)
-        src = Path(model.export(format="onnx", imgsz=imgsz, opset=17, simplify=True, dynamic=False, device="cpu"))
-        fp32 = tdp / f"{name}.onnx"
-        m = onnx.load(str(src))
-        for k, v in {"wtivision_classes": json.dumps(names), "wtivision_input_size": str(imgsz),
-                     "wtivision_task": "detect", "wtivision_version": version,
-                     "wtivision_dataset_manifest_sha256": manifest_hash}.items():
-            m.metadata_props.add(key=k, value=v)
-        onnx.save(m, str(fp32))
-        spec = ModelSpec(name=name, file=fp32.name, sha256="", task="detect", classes=names,
-                         input_size=[imgsz, imgsz], preprocessing={"letterbox": True, "pad_value": 114,
-                                                                   "scale": "1/255", "channel_order": "RGB"},
-                         version=version, licence="AGPL-3.0-or-later", card=f"cards/{name}.md",
-                         source=f"trained by wtivision training/ (run {run_dir.name}); dataset manifest "
-                                f"sha256 {manifest_hash or 'n/a'}", role="detector", default=default,
-                         extra={"dataset_manifest_sha256": manifest_hash})
-        det, _ = _stage(spec, fp32)
-        test_dir = data_dir / "images" / "test" if data_dir else None
-        imgs = _images(test_dir, n_parity, imgsz)
-        result["parity"] = check_parity(model, det, imgs, imgsz)
-        result["latency_ms_fp32"] = latency_ms(det, imgs)
-        result["metrics_test"] = per_class_metrics(model, data_yaml, imgsz)
-        spec.metrics = {"test": result["metrics_test"], "parity": result["parity"],
-                        "latency_ms_2core": result["latency_ms_fp32"]}
-        if int8:
-            calib_dir = data_dir / "images" / "train" if data_dir else None
-            q = quantize_int8(fp32, det, _images(calib_dir, 32, imgsz, seed=1), tdp / f"{name}-int8.onnx")
-            qspec = ModelSpec(**{**spec.to_dict(), "name": f"{name}-int8", "file": q.name, "precision": "int8",
-                                 "default": False})
-            qdet, _ = _stage(qspec, q)
-            det.conf_threshold = qdet.conf_threshold = 0.1
-            agree = agreement(det, qdet, imgs)
-            det.conf_threshold = qdet.conf_threshold = 0.25
-            lat8 = latency_ms(qdet, imgs)
-            result["int8"] = {"agreement": round(agree, 4), "latency_ms": lat8,
-                              "ratio_to_fp32": round(lat8 / result["latency_ms_fp32"], 3)}
-            use_int8 = default and agree >= 0.98 and lat8 < result["latency_ms_fp32"]
-            qspec.metrics = {"int8_agreement_with_fp32": result["int8"]["agreement"], "latency_ms_2core": lat8}
-            qspec.default = use_int8
-            if use_int8:
-                spec.default = False
-            install_model(q, qspec, models_dir)
-        install_model(fp32, spec, models_dir)
-    pt_dst = models_dir / "sources" / f"{name}.pt"
-    pt_dst.parent.mkdir(exist_ok=True)
-    pt_dst.write_bytes(pt.read_bytes())
-    result["pytorch_weights"] = str(pt_dst.relative_to(models_dir.parent)) if models_dir.parent in pt_dst.parents \
-        else str(pt_dst)
-    spec.extra["pytorch_weights"] = result["pytorch_weights"]
-    write_manifest_entry(models_dir, spec)
-    write_card(name, card_text(result, run_dir), models_dir)
-    (run_dir / "export.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return result
+def data_summary(run: Run) -> dict[str, Any]:
+    """From the dataset manifest: per class, train boxes/images by kind (photo/synthetic), sources, licences."""
+    manifest = run.dataset / "manifest.csv" if run.dataset else None
+    if manifest is None or not manifest.is_file():
+        return {}
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    per: dict[str, Counter] = defaultdict(Counter)
+    for r in rows:
+        for lab in filter(None, r.get("labels", "").split(";")):
+            per[lab][f"{r['split']}_{r.get('kind', 'photo')}"] += 1
+    sources = sorted({(r["source"], r.get("origin", ""), r["licence"], r.get("kind", "photo")) for r in rows})
+    return {"images": dict(Counter(r["split"] for r in rows)), "per_class": {k: dict(v) for k, v in per.items()},
+            "sources": [dict(zip(("source", "origin", "licence", "kind"), s)) for s in sources]}
 
 
-def card_text(r: dict, run_dir: Path) -> str:
+def card_text(r: dict[str, Any]) -> str:
+    """The model card (markdown) from an export result."""
     mt = r.get("metrics_test") or {}
-    rows = [[c, mt.get("per_class_AP50", {}).get(c, "n/a")] for c in r["classes"]]
+    ds = r.get("data") or {}
+    per = ds.get("per_class", {})
+
+    def evidence(c: str) -> str:
+        v = per.get(c, {})
+        photo, synth = v.get("train_photo", 0), v.get("train_synthetic", 0)
+        return "real photos" if photo else ("synthetic only" if synth else "no training data")
+
+    metric_col = "test AP50" if r["task"] == "detect" else "test split"
+    rows = [[c, per.get(c, {}).get("train_photo", 0), per.get(c, {}).get("train_synthetic", 0), evidence(c),
+             mt.get("per_class_AP50", {}).get(c, "n/a") if r["task"] == "detect" else "-"] for c in r["classes"]]
+    sources = md_table(["source", "origin", "licence", "kind"],
+                       [[s["source"], s["origin"], s["licence"], s["kind"]] for s in ds.get("sources", [])]) \
+        if ds.get("sources") else "Dataset manifest not available."
+    synth_only = [c for c in r["classes"] if evidence(c) != "real photos"]
+    headline = (f"mAP50 {mt.get('mAP50', 'n/a')}, mAP50-95 {mt.get('mAP50-95', 'n/a')}" if r["task"] == "detect"
+                else f"top-1 {mt.get('top1', 'n/a')}, top-5 {mt.get('top5', 'n/a')}")
     int8 = r.get("int8")
-    return f"""# {r['name']} (object detector)
+    int8_line = (f"- int8 (`{r['name']}-int8`): {int8['latency_ms']} ms; agreement with fp32: "
+                 f"{json.dumps(int8['agreement'])}\n" if int8 else "")
+    return f"""# {r['name']} ({'object detector' if r['task'] == 'detect' else 'image classifier'})
 
-- **Task**: detection of {len(r['classes'])} classes; input {r['imgsz']}x{r['imgsz']} letterboxed RGB.
-- **Trained by**: `python -m training.detect` (run `{run_dir.name}`), exported by `python -m export.onnx`.
-- **Licence**: AGPL-3.0-or-later (ultralytics architecture and training code).
+- **Task**: `{r['task']}`, {len(r['classes'])} classes, input {r['imgsz']}x{r['imgsz']}
+  ({'letterboxed, pad 114' if r['task'] == 'detect' else 'resize + centre crop'}, RGB, /255).
+- **Trained by**: `python -m training.{r['task']}` (run `{r['run']}`, {r.get('epochs', '?')} epochs);
+  exported by `python -m export.onnx` (opset {OPSET}, onnxslim).
+- **Dataset**: manifest SHA-256 `{r.get('dataset_manifest_sha256') or 'n/a'}`;
+  images per split {ds.get('images', 'n/a')}.
+- **Licence**: AGPL-3.0-or-later (ultralytics architecture and training code); data licences below.
 
-## Test-split metrics (never trained on)
-mAP50: {mt.get('mAP50', 'n/a')}, mAP50-95: {mt.get('mAP50-95', 'n/a')}
+## Data
+{sources}
 
-{md_table(['class', 'AP50'], rows)}
+## Classes, training evidence and test-split metrics
+Test split (never trained on, no near-duplicates of training images): {headline}.
 
-## Parity with PyTorch
-{json.dumps(r['parity'])}
+{md_table(['class', 'train boxes (photo)', 'train boxes (synthetic)', 'evidence', metric_col], rows)}
 
-## Latency (this machine, median, one image)
-fp32: {r['latency_ms_fp32']} ms{f"; int8: {int8['latency_ms']} ms (agreement with fp32 {int8['agreement']})" if int8 else ''}
+## Parity with PyTorch / ultralytics
+{md_table(['check', 'value'], [[k, v] for k, v in r['parity'].items()])}
 
+## Latency (median, one image, {r.get('machine', '')})
+- fp32: {r['latency_ms_fp32']} ms
+{int8_line}
 ## Known limits
-See the dataset's SOURCES and stats: classes without real training photos are not reliable.
+- Classes marked "synthetic only" or "no training data" ({', '.join(synth_only) or 'none'}) were learnt from
+  drawn shapes or not at all: treat their detections as leads, not findings.
+- Metrics come from the test split of the same dataset; field photos unlike it (night, clutter, unusual
+  angles, partial objects) will do worse.
+- Every reading is a machine suggestion for a person to review.
 """
 
 
+# -- the export ---------------------------------------------------------------------------------------
+def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = None, int8: bool = False,
+               default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1",
+               role: str | None = None, n_calib: int = 32) -> dict[str, Any]:
+    """Export, check, quantise, document and register a run; return the figures (also in export.json)."""
+    offline_ultralytics()
+    run, model = load_run(run_dir, data)
+    name = name or f"{'detector' if run.detect else 'classifier'}-{run.dir.name}"
+    role = role if role is not None else ("detector" if run.detect else "classifier")
+    models_dir = Path(models_dir)
+    pre = {"letterbox": True, "pad_value": 114} if run.detect else {"resize": "shorter side + centre crop"}
+    result: dict[str, Any] = {"name": name, "task": run.task, "imgsz": run.imgsz, "classes": run.names,
+                              "run": run.dir.name, "dataset_manifest_sha256": run.manifest_sha256,
+                              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, onnxruntime"}
+    results_csv = run.dir / "results.csv"
+    if results_csv.is_file():
+        result["epochs"] = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
+    with tempfile.TemporaryDirectory() as td:
+        fp32 = export_fp32(run, model, Path(td) / f"{name}.onnx", version)
+        spec = ModelSpec(name=name, file=fp32.name, sha256="", task=run.task, classes=run.names,
+                         input_size=[run.imgsz, run.imgsz], preprocessing=pre, version=version,
+                         licence="AGPL-3.0-or-later", card=f"cards/{name}.md", role=role, default=default,
+                         source=f"wtivision training run {run.dir.name}; dataset manifest sha256 "
+                                f"{run.manifest_sha256 or 'n/a'}",
+                         extra={"dataset_manifest_sha256": run.manifest_sha256, "opset": OPSET})
+        runner = stage(spec, fp32)
+        images = sample_images(_split_dir(run, "test"), n_parity, seed=0, fallback_size=max(run.imgsz, 160))
+        result["parity"] = (detect_parity(model, runner, images) if isinstance(runner, YoloDetector)
+                            else classify_parity(model, runner, images))
+        logger.info("parity ok: %s", result["parity"])
+        infer = runner.detect if isinstance(runner, YoloDetector) else runner.classify
+        result["latency_ms_fp32"] = latency_ms(infer, images)
+        result["metrics_test"] = split_metrics(model, run)
+        result["data"] = data_summary(run)
+        spec.metrics = {"test": result["metrics_test"], "parity": result["parity"],
+                        "latency_ms": result["latency_ms_fp32"]}
+        if int8:
+            calib = sample_images(_split_dir(run, "train"), n_calib, seed=1, fallback_size=max(run.imgsz, 160))
+            q = quantize_int8(fp32, runner, calib, Path(td) / f"{name}-int8.onnx")
+            qspec = ModelSpec(**{**spec.to_dict(), "name": f"{name}-int8", "file": q.name, "precision": "int8",
+                                 "default": False})
+            qrunner = stage(qspec, q)
+            result["int8"] = int8_report(runner, qrunner, images)
+            qspec.metrics = {"int8_agreement_with_fp32": result["int8"]["agreement"],
+                             "latency_ms": result["int8"]["latency_ms"]}
+            faster = result["int8"]["latency_ms"] < result["latency_ms_fp32"]
+            if default and faster and int8_good_enough(result["int8"]):
+                qspec.default, spec.default = True, False
+            install_model(q, qspec, models_dir)
+        install_model(fp32, spec, models_dir)
+    write_card(name, card_text(result), models_dir)
+    result["pytorch_weights"] = str(run.weights)
+    (run.dir / "export.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return result
+
+
+def int8_good_enough(report: dict[str, Any], min_agreement: float = 0.98) -> bool:
+    """Whether int8 may replace fp32 as the default: agreement >= ``min_agreement`` at conf 0.25 and 0.1,
+    measured on at least one fp32 detection (or top-1 agreement for a classifier)."""
+    a = report["agreement"]
+    if "top1" in a:
+        return a["top1"] >= min_agreement
+    measured = [a[f"conf_{c}"] for c in (0.25, 0.1) if a.get(f"fp32_detections_conf_{c}", 0) > 0]
+    return bool(measured) and min(measured) >= min_agreement
+
+
+def int8_report(fp32: YoloDetector | ImageClassifier, q: YoloDetector | ImageClassifier,
+                images: list[np.ndarray]) -> dict[str, Any]:
+    """int8 vs fp32: detection agreement (fraction of fp32 detections matched at IoU 0.5 with the same class)
+    at conf 0.25, 0.1 and at each image's 10th best fp32 score ("top10", so a weak model is compared too),
+    or top-1 agreement for a classifier; and int8 latency."""
+    if isinstance(fp32, YoloDetector) and isinstance(q, YoloDetector):
+        agree: dict[str, Any] = {}
+        for conf in (0.25, 0.1, "top10"):
+            ref, other = [], []
+            for im in images:
+                if conf == "top10":
+                    scores = np.sort(fp32.raw(im)[0][0, 4:].max(axis=0))[::-1]
+                    fp32.conf_threshold = q.conf_threshold = float(scores[min(9, len(scores) - 1)]) * 0.999
+                else:
+                    fp32.conf_threshold = q.conf_threshold = float(conf)
+                ref.append(fp32.detect(im))
+                other.append(q.detect(im))
+            agree[f"conf_{conf}"] = round(box_agreement(ref, other), 4)
+            agree[f"fp32_detections_conf_{conf}"] = sum(len(d) for d in ref)
+        fp32.conf_threshold = q.conf_threshold = 0.25
+        lat = latency_ms(q.detect, images)
+    else:
+        ref_labels = [fp32.classify(im).label for im in images]
+        agree = {"top1": round(top1_agreement(ref_labels, [q.classify(im).label for im in images]), 4)}
+        lat = latency_ms(q.classify, images)
+    return {"agreement": agree, "latency_ms": lat}
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir", type=Path)
-    ap.add_argument("--int8", action="store_true")
-    ap.add_argument("--name")
-    ap.add_argument("--default", action="store_true", help="make it the default detector")
+    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", type=Path, help="training run folder (weights/best.pt, run.json)")
+    ap.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
+    ap.add_argument("--name", help="model name (default detector-<run> / classifier-<run>)")
+    ap.add_argument("--default", action="store_true", help="make it the default model for its role")
+    ap.add_argument("--role", help="manifest role (default: detector / classifier)")
     ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
-    ap.add_argument("--data", type=Path, help="dataset folder (default: from the run's args.yaml)")
+    ap.add_argument("--data", type=Path, help="dataset folder (default: from the run's run.json)")
+    ap.add_argument("--version", default="1")
+    ap.add_argument("--parity-images", type=int, default=8)
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(json.dumps(export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data), indent=2))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        res = export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data, a.parity_images, a.version,
+                         a.role)
+    except ParityError as exc:
+        logging.getLogger("export.onnx").error("export FAILED: %s", exc)
+        return 1
+    print(json.dumps({k: v for k, v in res.items() if k != "data"}, indent=2))
     return 0
 
 

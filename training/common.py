@@ -1,18 +1,34 @@
-"""Shared by the training entry points: config loading, offline set-up, run folders."""
+"""Shared by the training entry points: config loading, offline set-up, seeds, run folders and the
+ultralytics call itself.
+
+Config keys (yaml): ``name`` (run folder name), ``model`` (an ultralytics model yaml, e.g. yolov8n.yaml,
+yolo11n.yaml, yolov8n-cls.yaml: trained from scratch, no hub weights), ``data`` (a folder built by
+``datasets.build``, its ``classify/`` sub-folder for classifiers, or a data.yaml), ``epochs``, ``imgsz``,
+``batch``, ``seed``, ``device`` (cpu / 0), ``workers``, ``augment_strength`` (field augmentations,
+0 disables), ``val`` (validate each epoch), ``runs`` (parent of the run folder, default runs/<task>) and
+any other ultralytics train argument under ``train_args``. Relative paths are relative to the repo root.
+
+A run folder ``<runs>/<name>/`` keeps: ``config.yaml`` (the config used), ``run.json`` (config path,
+dataset folder, dataset manifest SHA-256, seed, versions), ``args.yaml`` and ``results.csv`` (ultralytics),
+``metrics.json`` (final and best-epoch metrics) and ``weights/best.pt`` / ``weights/last.pt``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import logging
 import os
 import random
-import shutil
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger(__name__)
 
 
-def load_config(path: Path) -> dict:
+def load_config(path: Path) -> dict[str, Any]:
     import yaml
 
     cfg = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
@@ -21,7 +37,8 @@ def load_config(path: Path) -> dict:
 
 
 def offline() -> None:
-    """No downloads, no auto-installs, no telemetry (see export.common.offline_ultralytics)."""
+    """No downloads, no auto-installs, no telemetry (see ``export.common.offline_ultralytics``); ultralytics
+    settings go to ``runs/.ultralytics`` unless ``YOLO_CONFIG_DIR`` is set."""
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO / "runs" / ".ultralytics"))
     from export.common import offline_ultralytics
 
@@ -37,26 +54,110 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_run(cfg: dict, run_dir: Path, data_dir: Path | None) -> dict:
+def _path(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else (REPO / p).resolve()
+
+
+def dataset_manifest(data: Path) -> Path | None:
+    """The ``manifest.csv`` of a dataset given as its folder, its classify/ folder or its data.yaml."""
+    for d in (data, data.parent, data.parent.parent):
+        if (d / "manifest.csv").is_file():
+            return d / "manifest.csv"
+    return None
+
+
+def prepare_run(cfg: dict[str, Any], run_dir: Path, data: Path) -> dict[str, Any]:
     """Record the config and the dataset manifest's hash in the run folder."""
+    import yaml
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(cfg["_config_path"], run_dir / "config.yaml")
-    info = {"config": cfg["_config_path"]}
-    if data_dir is not None and (data_dir / "manifest.csv").is_file():
-        info["dataset_manifest_sha256"] = hashlib.sha256((data_dir / "manifest.csv").read_bytes()).hexdigest()
+    (run_dir / "config.yaml").write_text(
+        yaml.safe_dump({k: v for k, v in cfg.items() if not k.startswith("_")}, sort_keys=False), encoding="utf-8")
+    manifest = dataset_manifest(data)
+    info: dict[str, Any] = {"config": cfg.get("_config_path", ""), "data": str(data), "seed": int(cfg.get("seed", 0)),
+                            "dataset_manifest": str(manifest) if manifest else "",
+                            "dataset_manifest_sha256": hashlib.sha256(manifest.read_bytes()).hexdigest()
+                            if manifest else ""}
+    try:
+        import torch
+        import ultralytics
+
+        info["versions"] = {"ultralytics": ultralytics.__version__, "torch": torch.__version__}
+    except ImportError:  # pragma: no cover
+        pass
     (run_dir / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 
 
-def run_cli(train, doc: str | None, argv: list[str] | None = None) -> int:
-    """The command line shared by the training entry points: ``--config FILE [--resume]``."""
-    import argparse
-    import logging
+def write_metrics(run_dir: Path) -> dict[str, Any]:
+    """``metrics.json`` from ultralytics' results.csv: the last epoch and the best one (by fitness)."""
+    import csv
 
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    path = run_dir / "results.csv"
+    out: dict[str, Any] = {}
+    if path.is_file():
+        with open(path, newline="", encoding="utf-8") as fh:
+            rows = [{k.strip(): float(v) for k, v in r.items() if v not in (None, "")} for r in csv.DictReader(fh)]
+        if rows:
+            key = next((k for k in ("metrics/mAP50-95(B)", "metrics/accuracy_top1") if k in rows[-1]), None)
+            out = {"last": rows[-1], "epochs": len(rows)}
+            if key:
+                out["best"] = max(rows, key=lambda r: r.get(key, 0.0))
+    (run_dir / "metrics.json").write_text(json.dumps(out, indent=2), encoding="utf-8")
+    return out
+
+
+def train(cfg: dict[str, Any], task: str, resume: bool = False) -> Path:
+    """Train ``task`` ("detect" or "classify") from a config; return the run folder."""
+    offline()
+    from ultralytics import YOLO
+
+    from training.augment import field_augmentations, field_classification_trainer
+
+    seed = int(cfg.get("seed", 0))
+    seed_everything(seed)
+    strength = float(cfg.get("augment_strength", 1.0))
+    trainer = field_classification_trainer(strength) if task == "classify" else None
+    project = _path(cfg.get("runs", f"runs/{task}"))
+    run_dir = project / cfg["name"]
+    if resume:
+        last = run_dir / "weights" / "last.pt"
+        if not last.is_file():
+            raise SystemExit(f"--resume: {last} does not exist")
+        YOLO(str(last)).train(resume=True, trainer=trainer)  # args (augmentations included) come from the ckpt
+        write_metrics(run_dir)
+        return run_dir
+    data = _path(cfg["data"])
+    if task == "detect" and data.is_dir():
+        data = data / "data.yaml"
+    prepare_run(cfg, run_dir, data)
+    args: dict[str, Any] = dict(
+        data=str(data), epochs=int(cfg.get("epochs", 100)),
+        imgsz=int(cfg.get("imgsz", 640 if task == "detect" else 224)),
+        batch=int(cfg.get("batch", 16)), seed=seed, deterministic=True, device=cfg.get("device", "cpu"),
+        workers=int(cfg.get("workers", 2)), project=str(project), name=cfg["name"], exist_ok=True,
+        amp=False, plots=False, pretrained=False, verbose=False, val=bool(cfg.get("val", True)),
+    )
+    if task == "detect" and strength > 0:
+        args["augmentations"] = field_augmentations(strength)
+    args.update(cfg.get("train_args", {}))
+    default_model = "yolov8n.yaml" if task == "detect" else "yolov8n-cls.yaml"
+    YOLO(cfg.get("model", default_model), task=task).train(trainer=trainer, **args)
+    metrics = write_metrics(run_dir)
+    logger.info("run %s done: %s", run_dir, metrics.get("last", {}))
+    return run_dir
+
+
+def run_cli(task: str, doc: str | None, argv: list[str] | None = None) -> int:
+    """The command line shared by the training entry points: ``--config FILE [--resume]``."""
+    ap = argparse.ArgumentParser(prog=f"python -m training.{task}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
-    ap.add_argument("--resume", action="store_true", help="continue the run from its last.pt")
+    ap.add_argument("--resume", action="store_true", help="continue the run from its weights/last.pt")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    print(train(load_config(a.config), a.resume))
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(train(load_config(a.config), task, a.resume))
     return 0
+
+

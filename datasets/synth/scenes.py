@@ -1,16 +1,22 @@
-"""Synthetic object scenes: procedurally drawn objects composited onto field-like backgrounds.
+"""Synthetic object scenes: objects composited onto field-like backgrounds with exact boxes.
 
-    python -m datasets.synth.scenes --n 200 --seed 1 --out DIR [--size 640]
+    python -m datasets.synth.scenes --n 200 --seed 1 --out DIR [--size 640] [--objects YOLO_DIR]
 
-For classes without real photos, and for the toolchain's end-to-end tests. Objects are drawn shapes
-(pistol and rifle silhouettes, cartridges, case heads, magazines, grenades, landmines, batteries,
-phones, circuit boards, wires), never copies of real photos; boxes are exact. Writes the YOLO layout
-(``images/``, ``labels/``, ``data.yaml`` over the full taxonomy) and ``preview.jpg``. Same seed, same data.
+For classes without real photos, and for the toolchain's end-to-end tests. Objects are either drawn
+procedurally (pistol and rifle silhouettes, cartridges, case heads, magazines, grenades, landmines,
+batteries, phones, circuit boards, wires, boxes for the other classes) or, with ``--objects``, cut out
+of labelled photos (a YOLO-layout folder whose ``data.yaml`` names are taxonomy labels) and pasted with
+feathered edges. Backgrounds are procedural textures: soil, concrete, table (wood grain), cloth.
+Objects may overlap a little but never hide more than a third of an earlier one. Writes the YOLO layout
+(``images/train``, ``labels/train``, ``data.yaml`` over the full taxonomy) and ``preview.jpg`` (a 4x4
+grid with the boxes drawn). Same seed, same data.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -18,6 +24,7 @@ import numpy as np
 
 from wtivision.taxonomy import DETECTOR_CLASSES
 
+logger = logging.getLogger(__name__)
 BACKGROUNDS = ("soil", "concrete", "table", "cloth")
 
 
@@ -100,72 +107,158 @@ def draw_object(label: str, size: int, rng: np.random.Generator) -> tuple[np.nda
 
 SCENE_CLASSES = ("pistol", "rifle", "cartridge", "case_head", "magazine", "grenade", "landmine_uxo", "battery",
                  "wire", "mobile_phone", "circuit_board")
+MAX_HIDDEN = 1 / 3  # a later object may cover at most this fraction of an earlier object's box
 
 
-def scene(rng: np.random.Generator, size: int = 640, classes=SCENE_CLASSES) -> tuple[np.ndarray, list]:
+@dataclass
+class CutoutBank:
+    """Object crops cut out of labelled photos (BGR), by taxonomy label."""
+
+    crops: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+    @classmethod
+    def from_yolo(cls, root: Path, min_px: int = 16) -> CutoutBank:
+        """Crops of every box in a YOLO-layout folder whose class names are taxonomy labels."""
+        from datasets.formats import read_yolo
+
+        bank = cls()
+        for item in read_yolo(Path(root)):
+            boxes = [b for b in item.boxes if b.label in DETECTOR_CLASSES]
+            img = cv2.imread(str(item.image)) if boxes else None
+            if img is None:
+                continue
+            for b in boxes:
+                x1, y1, x2, y2 = (int(round(v)) for v in (b.x1, b.y1, b.x2, b.y2))
+                crop = img[max(0, y1):y2, max(0, x1):x2]
+                if min(crop.shape[:2]) >= min_px:
+                    bank.crops.setdefault(b.label, []).append(crop.copy())
+        logger.info("cut-out bank: %s", {k: len(v) for k, v in bank.crops.items()})
+        return bank
+
+    def sample(self, label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """A crop of ``label`` scaled to ``size`` px on its longer side, with a feathered-rectangle alpha."""
+        crops = self.crops[label]
+        crop = crops[int(rng.integers(len(crops)))]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        h, w = crop.shape[:2]
+        r = size / max(h, w)
+        tile = cv2.resize(crop, (max(2, int(w * r)), max(2, int(h * r))), interpolation=cv2.INTER_AREA)
+        mask = np.zeros(tile.shape[:2], np.uint8)
+        f = max(1, min(tile.shape[:2]) // 20)  # feather width; the box stays the full crop
+        mask[:] = 255
+        mask[:f] = mask[-f:] = 200
+        mask[:, :f] = mask[:, -f:] = 200
+        return tile, mask
+
+
+def _hidden_fraction(box: tuple[float, float, float, float], cover: tuple[float, float, float, float]) -> float:
+    ix = max(0.0, min(box[2], cover[2]) - max(box[0], cover[0]))
+    iy = max(0.0, min(box[3], cover[3]) - max(box[1], cover[1]))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return ix * iy / area if area > 0 else 1.0
+
+
+def _paste(img: np.ndarray, tile: np.ndarray, mask: np.ndarray, x0: int, y0: int) -> None:
+    """Alpha-blend ``tile`` at (x0, y0) with a soft drop shadow."""
+    th, tw = mask.shape
+    a = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (3, 3), 0)[:, :, None]
+    region = img[y0:y0 + th, x0:x0 + tw]
+    shadow = cv2.GaussianBlur(a, (0, 0), max(th, tw) / 25 + 1)
+    region *= 1 - 0.35 * (shadow[:, :, None] if shadow.ndim == 2 else shadow)
+    img[y0:y0 + th, x0:x0 + tw] = region * (1 - a) + tile.astype(np.float32) * a
+
+
+def scene(rng: np.random.Generator, size: int = 640, classes: tuple[str, ...] = SCENE_CLASSES,
+          cutouts: CutoutBank | None = None, p_cutout: float = 0.5) -> tuple[np.ndarray, list]:
+    """One BGR scene and its boxes ``[(label, x1, y1, x2, y2), ...]`` in pixels."""
     img = background(size, size, str(rng.choice(BACKGROUNDS)), rng)
-    boxes = []
+    boxes: list[tuple[str, float, float, float, float]] = []
+    cut_classes = tuple(c for c in (cutouts.crops if cutouts else {}) if c in DETECTOR_CLASSES)
     for _ in range(int(rng.integers(1, 5))):
-        label = str(rng.choice(classes))
         s = int(rng.uniform(0.15, 0.45) * size)
-        tile, mask = draw_object(label, s, rng)
-        ang = float(rng.uniform(-40, 40))
-        M = cv2.getRotationMatrix2D((s / 2, s / 2), ang, 1.0)
-        tile = cv2.warpAffine(tile, M, (s, s))
-        mask = cv2.warpAffine(mask, M, (s, s))
-        x0, y0 = int(rng.integers(0, size - s)), int(rng.integers(0, size - s))
-        a = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (3, 3), 0)[:, :, None]
-        region = img[y0:y0 + s, x0:x0 + s]
-        shadow = cv2.GaussianBlur(a, (0, 0), s / 25 + 1)
-        shadow = shadow[:, :, None] if shadow.ndim == 2 else shadow
-        region *= 1 - 0.35 * shadow
-        img[y0:y0 + s, x0:x0 + s] = region * (1 - a) + tile * a
+        if cut_classes and rng.random() < p_cutout:
+            label = str(rng.choice(cut_classes))
+            tile, mask = cutouts.sample(label, s, rng)  # type: ignore[union-attr]
+        else:
+            label = str(rng.choice(classes))
+            tile, mask = draw_object(label, s, rng)
+            M = cv2.getRotationMatrix2D((s / 2, s / 2), float(rng.uniform(-40, 40)), 1.0)
+            tile, mask = cv2.warpAffine(tile, M, (s, s)), cv2.warpAffine(mask, M, (s, s))
         ys, xs = np.nonzero(mask > 127)
         if len(xs) == 0:
             continue
-        boxes.append((label, float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1),
-                      float(y0 + ys.max() + 1)))
-    g = rng.uniform(0.6, 1.3)  # lighting
-    img = np.clip(img * g + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
+        th, tw = mask.shape
+        for _try in range(10):
+            x0, y0 = int(rng.integers(0, size - tw + 1)), int(rng.integers(0, size - th + 1))
+            box = (float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1))
+            if all(_hidden_fraction(b[1:], box) <= MAX_HIDDEN for b in boxes):
+                break
+        else:
+            continue
+        _paste(img, tile, mask, x0, y0)
+        boxes.append((label, *box))
+    img = np.clip(img * rng.uniform(0.6, 1.3) + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)  # lighting
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (5, 5), 0)
     return img, boxes
 
 
-def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train") -> Path:
+def preview_grid(tiles: list[np.ndarray], cols: int = 4, cell: int = 240) -> np.ndarray:
+    """Tiles resized to ``cell`` px and laid out ``cols`` per row (missing cells black)."""
+    tiles = [cv2.resize(t, (cell, cell)) for t in tiles]
+    blank = np.zeros((cell, cell, 3), np.uint8)
+    rows = [np.hstack(tiles[i:i + cols] + [blank] * (cols - len(tiles[i:i + cols])))
+            for i in range(0, len(tiles), cols)]
+    return np.vstack(rows) if rows else blank
+
+
+def draw_boxes(img: np.ndarray, boxes: list) -> np.ndarray:
+    vis = img.copy()
+    for lab, x1, y1, x2, y2 in boxes:
+        cv2.rectangle(vis, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 255), 2)
+        cv2.putText(vis, lab, (int(x1), int(y1) + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
+    return vis
+
+
+def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train",
+          cutouts: CutoutBank | None = None) -> Path:
+    """Write ``n`` scenes as a YOLO-layout folder (with ``data.yaml`` and ``preview.jpg``); return ``out``."""
+    out = Path(out)
     rng = np.random.default_rng(seed)
     index = {c: i for i, c in enumerate(DETECTOR_CLASSES)}
     (out / "images" / split).mkdir(parents=True, exist_ok=True)
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     previews = []
     for i in range(n):
-        img, boxes = scene(rng, size)
+        img, boxes = scene(rng, size, cutouts=cutouts)
         name = f"scene_{seed}_{i:05d}"
         cv2.imwrite(str(out / "images" / split / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         (out / "labels" / split / f"{name}.txt").write_text("".join(
             f"{index[lab]} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} "
             f"{(y2 - y1) / size:.6f}\n" for lab, x1, y1, x2, y2 in boxes))
         if len(previews) < 16:
-            vis = img.copy()
-            for lab, x1, y1, x2, y2 in boxes:
-                cv2.rectangle(vis, (int(x1), int(y1)), (int(x2), int(y2)), (0, 0, 255), 2)
-                cv2.putText(vis, lab, (int(x1), int(y1) + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 255), 1)
-            previews.append(cv2.resize(vis, (240, 240)))
+            previews.append(draw_boxes(img, boxes))
+    (out / "data.yaml").write_text(
+        f"path: {out.resolve().as_posix()}\ntrain: images/{split}\nval: images/{split}\nnames:\n"
+        + "".join(f"  {i}: {c}\n" for i, c in enumerate(DETECTOR_CLASSES)), encoding="utf-8")
     if previews:
-        rows = [np.hstack(previews[i:i + 4] + [np.zeros_like(previews[0])] * (4 - len(previews[i:i + 4])))
-                for i in range(0, len(previews), 4)]
-        cv2.imwrite(str(out / "preview.jpg"), np.vstack(rows))
+        cv2.imwrite(str(out / "preview.jpg"), preview_grid(previews))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m datasets.synth.scenes", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--size", type=int, default=640)
+    ap.add_argument("--objects", type=Path, help="YOLO-layout folder of labelled photos to cut objects from")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    print(write(a.out, a.n, a.seed, a.size))
+    logging.basicConfig(level=logging.INFO)
+    bank = CutoutBank.from_yolo(a.objects) if a.objects else None
+    print(write(a.out, a.n, a.seed, a.size, cutouts=bank))
     return 0
 
 

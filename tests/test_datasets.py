@@ -1,0 +1,213 @@
+"""Dataset tools on hand-built cases: importers, validation, dedupe across splits, manifest, scenes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("imagehash")
+pytest.importorskip("yaml")
+cv2 = pytest.importorskip("cv2")
+
+from datasets.build import build, hamming, leak_report, load_recipe, read_manifest, validate  # noqa: E402
+from datasets.formats import Box, Item, load_class_map, map_items, read_coco, read_csv_labels, read_voc, read_yolo  # noqa: E402,E501
+from wtivision.taxonomy import DETECTOR_CLASSES  # noqa: E402
+
+
+def _img(path: Path, w: int = 200, h: int = 100, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small = rng.integers(0, 255, (max(h // 10, 2), max(w // 10, 2), 3), dtype=np.uint8)
+    cv2.imwrite(str(path), cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC))
+    return path
+
+
+def _xyxy(b: Box) -> tuple[float, float, float, float]:
+    return (b.x1, b.y1, b.x2, b.y2)
+
+
+def test_yolo_reader_pixels_and_names(tmp_path):
+    _img(tmp_path / "images" / "sub" / "a.jpg")
+    (tmp_path / "labels" / "sub").mkdir(parents=True)
+    (tmp_path / "labels" / "sub" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n0 0.1 0.2 0.1 0.2\nbad line\n")
+    (it,) = read_yolo(tmp_path, ["knife", "gun"])
+    assert [b.label for b in it.boxes] == ["gun", "knife"]
+    assert _xyxy(it.boxes[0]) == pytest.approx((80, 30, 120, 70))
+    assert _xyxy(it.boxes[1]) == pytest.approx((10, 10, 30, 30))
+    assert (it.width, it.height) == (200, 100) and any("malformed" in p for p in it.problems)
+    (tmp_path / "data.yaml").write_text("names: {0: knife, 1: handgun}\n")  # names from the source's data.yaml
+    assert [b.label for b in next(read_yolo(tmp_path)).boxes] == ["handgun", "knife"]
+
+
+def test_coco_reader(tmp_path):
+    _img(tmp_path / "img" / "a.jpg")
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps({
+        "images": [{"id": 7, "file_name": "a.jpg", "width": 200, "height": 100}],
+        "categories": [{"id": 3, "name": "Handgun"}],
+        "annotations": [{"image_id": 7, "category_id": 3, "bbox": [10, 20, 30, 40]},
+                        {"image_id": 7, "category_id": 3, "bbox": [0, 0, 5, 5], "iscrowd": 1}]}))
+    (it,) = read_coco(ann, tmp_path / "img")
+    assert it.image == tmp_path / "img" / "a.jpg" and len(it.boxes) == 1
+    assert it.boxes[0].label == "Handgun" and _xyxy(it.boxes[0]) == (10, 20, 40, 60)
+
+
+def test_voc_reader(tmp_path):
+    _img(tmp_path / "a.jpg")
+    (tmp_path / "a.xml").write_text(
+        "<annotation><filename>a.jpg</filename><size><width>200</width><height>100</height></size>"
+        "<object><name> pistol </name><bndbox><xmin>5</xmin><ymin>6</ymin><xmax>50.5</xmax><ymax>60</ymax>"
+        "</bndbox></object><object><name>x</name></object></annotation>")
+    (it,) = read_voc(tmp_path)
+    assert it.boxes[0].label == "pistol" and _xyxy(it.boxes[0]) == (5, 6, 50.5, 60)
+    assert (it.width, it.height) == (200, 100) and any("bndbox" in p for p in it.problems)
+
+
+def test_csv_reader_and_class_map(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,label\na.jpg,revolver\nb.jpg,knife\nc.jpg,alien\n")
+    items = list(map_items(read_csv_labels(tmp_path / "labels.csv"), {"revolver": "revolver", "knife": None}))
+    assert [it.image_label for it in items] == ["revolver", None, None]
+    assert items[0].image == tmp_path / "a.jpg" and any("unmapped" in p for p in items[2].problems)
+    with pytest.raises(ValueError):
+        load_class_map({"gun": "not_a_label"})
+    (tmp_path / "map.yaml").write_text("gun: pistol\nperson: null\n")
+    assert load_class_map("map.yaml", tmp_path) == {"gun": "pistol", "person": None}
+
+
+def test_map_items_reports_unknown_and_drops_null():
+    it = Item(Path("x.jpg"), [Box("gun", 0, 0, 5, 5), Box("person", 0, 0, 5, 5), Box("ufo", 0, 0, 5, 5)])
+    (out,) = map_items([it], {"gun": "pistol", "person": None})
+    assert [b.label for b in out.boxes] == ["pistol"] and out.problems == ["unmapped class 'ufo', box dropped"]
+
+
+def test_validate_clips_and_drops():
+    it = Item(Path("x.jpg"), [Box("pistol", -3, 10, 50, 60),  # slightly outside: clipped
+                              Box("pistol", 10, 10, 11, 50),  # 1 px wide: degenerate
+                              Box("pistol", 150, 10, 400, 50),  # far outside: dropped
+                              Box("pistol", 60, 50, 20, 10)],  # corners swapped: normalised
+              width=200, height=100)
+    problems = validate(it)
+    assert [_xyxy(b) for b in it.boxes] == [(0, 10, 50, 60), (20, 10, 60, 50)]
+    assert len(problems) == 3 and any("clipped" in p for p in problems)
+
+
+def test_hamming():
+    hs = np.array([0, 0b1011, 2**64 - 1], dtype=np.uint64)
+    assert hamming(0, hs).tolist() == [0, 3, 64]
+
+
+def _source(tmp_path: Path, n: int = 30) -> Path:
+    """A YOLO-layout source of generated scenes, a resized re-encoded copy of scene 0, an exact copy of
+    scene 1, an unreadable image and an unknown class."""
+    from datasets.synth.scenes import write
+
+    src = write(tmp_path / "src", n, seed=11, size=160)
+    imgs, labels = src / "images" / "train", src / "labels" / "train"
+    first = sorted(imgs.glob("*.jpg"))
+    cv2.imwrite(str(imgs / "zz_near_dup.jpg"), cv2.resize(cv2.imread(str(first[0])), (150, 150)),
+                [cv2.IMWRITE_JPEG_QUALITY, 60])
+    shutil.copy(labels / f"{first[0].stem}.txt", labels / "zz_near_dup.txt")
+    shutil.copy(first[1], imgs / "zz_exact_dup.jpg")
+    shutil.copy(labels / f"{first[1].stem}.txt", labels / "zz_exact_dup.txt")
+    (imgs / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    (labels / "zz_broken.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (labels / f"{first[2].stem}.txt").write_text((labels / f"{first[2].stem}.txt").read_text() + "99 .5 .5 .1 .1\n")
+    return src
+
+
+def _recipe(src: Path, **kw) -> dict:
+    recipe = {"name": "t", "seed": 0, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "phash_distance": 8,
+              "sources": [{"name": "synth", "format": "yolo", "path": str(src), "licence": "CC0-1.0",
+                           "origin": "datasets/synth/scenes.py seed 11", "synthetic": True,
+                           "class_map": {c: c for c in DETECTOR_CLASSES}}]}
+    recipe.update(kw)
+    return recipe
+
+
+def test_build_dedupes_across_splits_and_writes_manifest(tmp_path):
+    src = _source(tmp_path, 30)
+    out = tmp_path / "ds"
+    rep = build(_recipe(src), out)
+    # 30 scenes + near duplicate; the exact copy and the broken file are dropped
+    assert rep["images"] == 31 and rep["exact_duplicates_dropped"] == 1
+    assert rep["near_duplicate_groups"] >= 1
+    assert rep["leaks"] == {"sha256_overlap": 0, "near_duplicate_pairs": 0}
+    rows = read_manifest(out)
+    assert {r["split"] for r in rows} == set(rep["images_per_split"]) == {"train", "val", "test"}
+    assert set(rows[0]) >= {"path", "source", "origin", "licence", "sha256", "phash", "split", "labels", "kind"}
+    assert all(r["licence"] == "CC0-1.0" and r["kind"] == "synthetic" for r in rows)
+    # zero overlap between splits, by sha256 and by pHash (independently of the builder's own report)
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        ra, rb = [r for r in rows if r["split"] == a], [r for r in rows if r["split"] == b]
+        assert not {r["sha256"] for r in ra} & {r["sha256"] for r in rb}
+        hb = np.array([int(r["phash"], 16) for r in rb], dtype=np.uint64)
+        assert all(hamming(int(r["phash"], 16), hb).min() > 8 for r in ra)
+    by_original = {r["original"]: r for r in rows}
+    first = sorted((src / "images" / "train").glob("scene_*.jpg"))[0]
+    assert by_original["images/train/zz_near_dup.jpg"]["split"] == by_original[f"images/train/{first.name}"]["split"]
+    # files, labels and stats agree with the manifest
+    for r in rows:
+        assert (out / r["path"]).is_file()
+        lab = (out / r["path"].replace("images/", "labels/", 1)).with_suffix(".txt")
+        classes = sorted(DETECTOR_CLASSES[int(line.split()[0])] for line in lab.read_text().splitlines())
+        assert classes == sorted(filter(None, r["labels"].split(";")))
+    problems = (out / "problems.txt").read_text()
+    assert "zz_broken.jpg: unreadable image" in problems and "unmapped class '99'" in problems
+    assert "exact duplicate" in problems
+    stats = json.loads((out / "stats.json").read_text())
+    assert sum(stats["images"].values()) == 31 and (out / "stats.md").is_file()
+    assert leak_report(rows, 8) == rep["leaks"]
+    # same recipe and seed: same manifest
+    assert build(_recipe(src), tmp_path / "ds2")["manifest_sha256"] == rep["manifest_sha256"]
+
+
+def test_build_stratifies_and_handles_image_labels(tmp_path):
+    for i in range(10):
+        _img(tmp_path / "cls" / f"{i}.jpg", 64, 64, seed=100 + i)
+    with open(tmp_path / "cls" / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label"])
+        w.writerows([(f"{i}.jpg", "Revolver" if i % 2 else "Pistol") for i in range(10)])
+    recipe = {"name": "c", "seed": 1, "split": {"train": 0.6, "val": 0.2, "test": 0.2}, "phash_distance": 4,
+              "sources": [{"name": "cls", "format": "csv", "path": str(tmp_path / "cls" / "labels.csv"),
+                           "licence": "CC-BY-4.0", "origin": "hand-made",
+                           "class_map": {"Revolver": "revolver", "Pistol": "pistol"}}]}
+    build(recipe, tmp_path / "ds")
+    rows = read_manifest(tmp_path / "ds")
+    assert len(rows) == 10 and all(r["path"].startswith(f"classify/{r['split']}/{r['labels']}/") for r in rows)
+    for lab in ("pistol", "revolver"):  # 5 each: 3 train, 1 val, 1 test
+        assert sorted(r["split"] for r in rows if r["labels"] == lab) == ["test", "train", "train", "train", "val"]
+
+
+def test_recipe_with_scenes_source(tmp_path):
+    recipe_path = tmp_path / "r.yaml"
+    recipe_path.write_text("name: s\nseed: 0\nsources:\n  - {name: gen, format: scenes, n: 12, seed: 5, size: 96,"
+                           " licence: AGPL-3.0-or-later, origin: scenes.py}\n")
+    rep = build(load_recipe(recipe_path), tmp_path / "ds")
+    assert rep["images"] == 12 and sum(rep["images_per_split"].values()) == 12
+    assert {r["kind"] for r in read_manifest(tmp_path / "ds")} == {"synthetic"}
+    assert "test: images/test" in (tmp_path / "ds" / "data.yaml").read_text()
+
+
+def test_scenes_deterministic_with_exact_boxes(tmp_path):
+    from datasets.synth.scenes import CutoutBank, scene, write
+
+    a = write(tmp_path / "a", 6, seed=3, size=128)
+    b = write(tmp_path / "b", 6, seed=3, size=128)
+    for p in sorted((a / "labels" / "train").glob("*.txt")):
+        assert p.read_text() == (b / "labels" / "train" / p.name).read_text()
+    assert (a / "preview.jpg").is_file() and (a / "data.yaml").is_file()
+    img, boxes = scene(np.random.default_rng(0), 160)
+    assert img.shape == (160, 160, 3) and boxes
+    for _lab, x1, y1, x2, y2 in boxes:
+        assert 0 <= x1 < x2 <= 160 and 0 <= y1 < y2 <= 160
+    # cut-outs from labelled images: the pasted crop's box is where its pixels went
+    bank = CutoutBank.from_yolo(a)
+    assert bank.crops
+    img, boxes = scene(np.random.default_rng(1), 160, cutouts=bank, p_cutout=1.0)
+    assert boxes and all(lab in bank.crops for lab, *_ in boxes)

@@ -1,0 +1,96 @@
+"""The whole toolchain on CPU through its command lines: recipe -> datasets.build (import, dedupe, split) ->
+training.detect (1 epoch, imgsz 96) -> export.onnx (fp32 + int8, parity, card, manifest) -> wtivision's
+YoloDetector and Analyzer. Also the parity criterion: the trained model gives the same boxes in wtivision
+as in ultralytics (PyTorch weights and ONNX) on the same images."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+pytest.importorskip("ultralytics")
+pytest.importorskip("onnx")
+pytest.importorskip("onnxslim")
+pytest.importorskip("albumentations")
+pytest.importorskip("imagehash")
+
+
+@pytest.mark.slow
+def test_build_train_export_detect(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    import cv2
+    import onnx
+
+    from datasets.build import main as build_main
+    from export.onnx import main as export_main
+    from training.detect import main as train_main
+    from wtivision.analyzer import Analyzer
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+    from wtivision.taxonomy import DETECTOR_CLASSES
+
+    t0 = time.perf_counter()
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: e2e\nseed: 0\nsplit: {train: 0.7, val: 0.15, test: 0.15}\nsources:\n"
+                      "  - {name: synth, format: scenes, n: 120, seed: 3, size: 128, licence: AGPL-3.0-or-later,"
+                      " origin: datasets/synth/scenes.py}\n")
+    ds = tmp_path / "ds"
+    assert build_main(["--config", str(recipe), "--out", str(ds)]) == 0
+    build = json.loads((ds / "build.json").read_text())
+    assert build["leaks"] == {"sha256_overlap": 0, "near_duplicate_pairs": 0}
+
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(f"name: e2e\nmodel: yolov8n.yaml\ndata: {ds}\nepochs: 1\nimgsz: 96\nbatch: 2\nworkers: 0\n"
+                   f"seed: 0\ndevice: cpu\nval: false\nruns: {tmp_path / 'runs'}\naugment_strength: 1.0\n"
+                   "train_args: {warmup_epochs: 0, optimizer: AdamW, lr0: 0.02, mosaic: 0.0}\n")
+    assert train_main(["--config", str(cfg)]) == 0
+    run = tmp_path / "runs" / "e2e"
+    assert (run / "weights" / "best.pt").is_file() and (run / "config.yaml").is_file()
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 1
+    assert json.loads((run / "run.json").read_text())["dataset_manifest_sha256"] == build["manifest_sha256"]
+    assert "augmentations" in (run / "args.yaml").read_text()  # field augmentations reached ultralytics
+    t_train = time.perf_counter()
+
+    models = tmp_path / "models"
+    assert export_main([str(run), "--int8", "--default", "--name", "e2e-det", "--models-dir", str(models)]) == 0
+    res = json.loads((run / "export.json").read_text())
+    p = res["parity"]
+    print("parity", p, "int8", res["int8"], "latency_ms_fp32", res["latency_ms_fp32"])
+    # the parity criterion, against ultralytics with the PyTorch weights and with the ONNX file
+    for key in ("pytorch", "onnx"):
+        assert p[f"boxes_compared_vs_ultralytics_{key}"] > 0, "low conf threshold must leave boxes to compare"
+        assert p[f"max_box_diff_px_vs_ultralytics_{key}"] <= 1.0
+        assert p[f"max_score_diff_vs_ultralytics_{key}"] <= 1e-3
+    assert p["raw_box_diff_px"] <= 1e-2 and p["raw_score_diff"] <= 1e-4
+    assert 0.0 <= res["int8"]["agreement"]["conf_top10"] <= 1.0
+    assert res["int8"]["agreement"]["fp32_detections_conf_top10"] > 0
+
+    manifest = json.loads((models / "manifest.json").read_text())
+    entries = {m["name"]: m for m in manifest["models"]}
+    assert set(entries) == {"e2e-det", "e2e-det-int8"}
+    fp32 = entries["e2e-det"]
+    assert fp32["role"] == "detector" and fp32["classes"] == list(DETECTOR_CLASSES)
+    assert fp32["preprocessing"] == {"letterbox": True, "pad_value": 114} and fp32["input_size"] == [96, 96]
+    assert sum(m["default"] for m in manifest["models"]) == 1
+    card = (models / fp32["card"]).read_text()
+    assert "synthetic only" in card and build["manifest_sha256"] in card
+    m = onnx.load(str(models / fp32["file"]))
+    meta = {q.key: q.value for q in m.metadata_props}
+    assert json.loads(meta["wtivision_classes"]) == list(DETECTOR_CLASSES)
+    assert meta["wtivision_task"] == "detect" and meta["wtivision_dataset_manifest_sha256"] == build["manifest_sha256"]
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 96, 96]
+
+    reg = Registry(models)
+    det = YoloDetector(reg.get("e2e-det"), reg, conf_threshold=0.0)
+    image = cv2.imread(str(next((ds / "images" / "test").glob("*.jpg"))))
+    dets = det.detect(image)
+    assert dets and all(d.label in DETECTOR_CLASSES for d in dets)
+    f = Analyzer(models_dir=models, ocr=False, conf_threshold=0.0).analyze(
+        next((ds / "images" / "test").glob("*.jpg")))
+    assert f.ok and f.models[0].name.startswith("e2e-det")
+    t_end = time.perf_counter()
+    print(f"build+train {t_train - t0:.1f} s, export+detect {t_end - t_train:.1f} s")
+    assert t_end - t0 < 240
