@@ -353,21 +353,22 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
 
 
 # -- metrics and card ---------------------------------------------------------------------------------
-def split_metrics(model: Any, run: Run) -> dict[str, Any]:
-    """Metrics of the PyTorch model on the dataset's test split ({} without one)."""
+def split_metrics(model: Any, run: Run, out: Path) -> dict[str, Any]:
+    """Metrics of the PyTorch model on the dataset's test split ({} without one); the validator writes
+    into ``out``."""
     test = _split_dir(run, "test")
     if test is None or not test.is_dir() or not any(test.rglob("*.*")):
         return {}
     if run.detect:
         m = model.val(data=str(run.dataset / "data.yaml"), split="test", imgsz=run.imgsz, device="cpu",
-                      plots=False, verbose=False, batch=8)
+                      plots=False, verbose=False, batch=8, project=str(out), name="val")
         out: dict[str, Any] = {"mAP50": round(float(m.box.map50), 4), "mAP50-95": round(float(m.box.map), 4),
                                "per_class_AP50": {}}
         for i, c in enumerate(m.box.ap_class_index):
             out["per_class_AP50"][run.names[int(c)]] = round(float(m.box.ap50[i]), 4)
         return out
     m = model.val(data=str(run.dataset / "classify"), split="test", imgsz=run.imgsz, device="cpu", plots=False,
-                  verbose=False, batch=16)
+                  verbose=False, batch=16, project=str(out), name="val")
     return {"top1": round(float(m.top1), 4), "top5": round(float(m.top5), 4)}
 
 
@@ -475,7 +476,7 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
         logger.info("parity ok: %s", result["parity"])
         infer = runner.detect if isinstance(runner, YoloDetector) else runner.classify
         result["latency_ms_fp32"] = latency_ms(infer, images)
-        result["metrics_test"] = split_metrics(model, run)
+        result["metrics_test"] = split_metrics(model, run, Path(td))
         result["data"] = data_summary(run)
         spec.metrics = {"test": result["metrics_test"], "parity": result["parity"],
                         "latency_ms": result["latency_ms_fp32"]}

@@ -94,3 +94,79 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     t_end = time.perf_counter()
     print(f"build+train {t_train - t0:.1f} s, export+detect {t_end - t_train:.1f} s")
     assert t_end - t0 < 240
+
+
+@pytest.mark.slow
+def test_training_resumes_after_interruption(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    from ultralytics.utils.callbacks import base
+
+    from datasets.build import build
+    from training.common import train
+
+    ds = tmp_path / "ds"
+    build({"name": "r", "seed": 0, "sources": [{"name": "s", "format": "scenes", "n": 16, "seed": 4, "size": 96,
+                                                "licence": "AGPL-3.0-or-later", "origin": "scenes.py"}]}, ds)
+    cfg = {"name": "r", "model": "yolov8n.yaml", "data": str(ds), "epochs": 2, "imgsz": 64, "batch": 4,
+           "workers": 0, "seed": 0, "device": "cpu", "val": False, "runs": str(tmp_path / "runs")}
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(trainer):
+        if trainer.epoch == 0:
+            raise Interrupted
+
+    original = list(base.default_callbacks["on_model_save"])
+    base.default_callbacks["on_model_save"] = [*original, interrupt]  # stop right after epoch 1 is saved
+    try:
+        with pytest.raises(Interrupted):
+            train(cfg, "detect")
+    finally:
+        base.default_callbacks["on_model_save"] = original
+    run = tmp_path / "runs" / "r"
+    assert (run / "weights" / "last.pt").is_file()
+    assert len((run / "results.csv").read_text().strip().splitlines()) == 2  # header + epoch 1
+    train(cfg, "detect", resume=True)
+    assert json.loads((run / "metrics.json").read_text())["epochs"] == 2
+    assert "augmentations" in (run / "args.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_classifier_build_train_export(tmp_path, monkeypatch):
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics-config"))
+    import csv
+
+    import cv2
+    import numpy as np
+
+    from datasets.build import build
+    from export.onnx import export_run
+    from training.classify import train
+    from wtivision.registry import Registry
+    from wtivision.runtime import ImageClassifier
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    with open(src / "labels.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label"])
+        for i in range(40):
+            base = np.full((48, 64, 3), 60 if i % 2 else 190, np.float64)
+            cv2.imwrite(str(src / f"{i}.jpg"), np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8))
+            w.writerow([f"{i}.jpg", "Pistol" if i % 2 else "Revolver"])
+    ds = tmp_path / "ds"
+    build({"name": "c", "seed": 0, "phash_distance": 0, "split": {"train": 0.6, "val": 0.2, "test": 0.2},
+           "sources": [{"name": "c", "format": "csv", "path": str(src / "labels.csv"), "licence": "CC0-1.0",
+                        "origin": "generated", "class_map": {"Pistol": "pistol", "Revolver": "revolver"}}]}, ds)
+    run = train({"name": "cls", "model": "yolov8n-cls.yaml", "data": str(ds / "classify"), "epochs": 1,
+                 "imgsz": 32, "batch": 4, "workers": 0, "runs": str(tmp_path / "runs")})
+    models = tmp_path / "models"
+    res = export_run(run, models_dir=models, name="cls", int8=True, role="typology")
+    p = res["parity"]
+    assert p["top1_agreement_vs_ultralytics"] == 1.0 and p["max_prob_diff_vs_ultralytics"] <= 1e-3
+    assert 0.0 <= res["int8"]["agreement"]["top1"] <= 1.0 and "top1" in res["metrics_test"]
+    reg = Registry(models)
+    clf = ImageClassifier(reg.get("cls"), reg)
+    assert clf.classify(cv2.imread(str(src / "0.jpg"))).label in ("pistol", "revolver")

@@ -1,0 +1,69 @@
+"""The export's parity helpers on hand-built raw outputs (no torch needed)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from export.common import box_agreement, top1_agreement
+from export.onnx import ParityError, compare_detections, gap_threshold, int8_good_enough
+from wtivision.results import Detection
+
+
+def _raw(rows: list[tuple[float, float, float, float, float, float]]) -> np.ndarray:
+    """(1, 4 + 2, N) head output from (cx, cy, w, h, score_a, score_b) rows."""
+    return np.asarray(rows, np.float32).T[None]
+
+
+def test_gap_threshold_keeps_well_separated_candidates():
+    raw = _raw([(10, 10, 8, 8, 0.9, 0.1), (40, 40, 8, 8, 0.6, 0.1), (70, 70, 8, 8, 0.3, 0.1),
+                (90, 90, 8, 8, 0.1, 0.05)])
+    t = gap_threshold(raw, abs_margin=1e-3)
+    assert 0.1 < t < 0.3  # all three clear candidates above, the fourth below
+
+
+def test_gap_threshold_stops_at_ties():
+    # candidate 2 ties candidate 1 and overlaps it (same class): NMS order would be arbitrary
+    raw = _raw([(10, 10, 8, 8, 0.9, 0.1), (50, 50, 8, 8, 0.5, 0.1), (50.5, 50, 8, 8, 0.5 + 1e-8, 0.1),
+                (90, 90, 8, 8, 0.2, 0.1)])
+    t = gap_threshold(raw, abs_margin=1e-6)
+    assert 0.5 < t < 0.9
+    # a near-tie between the two best classes of a candidate also stops it
+    raw = _raw([(10, 10, 8, 8, 0.9, 0.1), (50, 50, 8, 8, 0.5, 0.5 - 1e-9), (90, 90, 8, 8, 0.2, 0.1)])
+    assert 0.5 < gap_threshold(raw, abs_margin=1e-6) < 0.9
+    # nothing separable: threshold above the top score
+    raw = _raw([(10, 10, 8, 8, 0.5, 0.1), (10.2, 10, 8, 8, 0.5, 0.1)])
+    assert gap_threshold(raw, abs_margin=1e-6) > 0.5
+
+
+def _results(boxes, scores, cls):
+    import torch
+
+    return SimpleNamespace(boxes=SimpleNamespace(xyxy=torch.tensor(boxes), conf=torch.tensor(scores),
+                                                 cls=torch.tensor(cls)))
+
+
+def test_compare_detections():
+    pytest.importorskip("torch")
+    ours = [Detection.of("pistol", 0.9, [10, 10, 50, 50]), Detection.of("rifle", 0.5, [0, 0, 5, 5])]
+    n, bd, sd = compare_detections(ours, _results([[0.0, 0.5, 5, 5], [10.2, 10, 50, 50]], [0.5, 0.9004], [1, 0]),
+                                   ["pistol", "rifle"])
+    assert n == 2 and bd == pytest.approx(0.5) and sd == pytest.approx(4e-4, abs=1e-6)
+    with pytest.raises(ParityError):
+        compare_detections(ours, _results([[10.0, 10, 50, 50]], [0.9], [0]), ["pistol", "rifle"])
+    with pytest.raises(ParityError):
+        compare_detections(ours, _results([[10.0, 10, 50, 50], [0, 0, 5, 5]], [0.9, 0.5], [0, 0]),
+                           ["pistol", "rifle"])
+
+
+def test_agreements():
+    a = [[Detection.of("pistol", 0.9, [0, 0, 10, 10]), Detection.of("rifle", 0.8, [20, 20, 40, 40])]]
+    b = [[Detection.of("pistol", 0.7, [1, 1, 10, 10]), Detection.of("pistol", 0.8, [20, 20, 40, 40])]]
+    assert box_agreement(a, b) == 0.5 and box_agreement([[]], b) == 1.0
+    assert top1_agreement(["a", "b", "c", "d"], ["a", "b", "x", "d"]) == 0.75
+    assert not int8_good_enough({"agreement": {"conf_0.25": 1.0, "fp32_detections_conf_0.25": 0,
+                                               "conf_0.1": 1.0, "fp32_detections_conf_0.1": 0}})
+    assert int8_good_enough({"agreement": {"conf_0.25": 0.99, "fp32_detections_conf_0.25": 100,
+                                           "conf_0.1": 0.985, "fp32_detections_conf_0.1": 200}})
