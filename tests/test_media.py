@@ -91,3 +91,23 @@ def test_16bit_grayscale_png(tmp_path):
     Image.fromarray(arr).save(p)
     li = load_image(p)
     assert li.array.shape == (64, 64, 3) and li.array.dtype == np.uint8 and li.array.max() == 255
+
+
+def test_not_an_image_even_when_pil_open_is_patched(tmp_path, monkeypatch):
+    """ultralytics replaces PIL.Image.open process-wide; a bad file must still give a clear error."""
+    import PIL.Image
+
+    real_open = PIL.Image.open
+
+    def patched_open(fp, *a, **k):
+        try:
+            return real_open(fp, *a, **k)
+        except PIL.UnidentifiedImageError:
+            import pi_heif_not_installed  # noqa: F401  (what ultralytics' patch does without pi_heif)
+
+    monkeypatch.setattr(PIL.Image, "open", patched_open)
+    p = tmp_path / "notes.jpg"
+    p.write_text("text, not pixels")
+    with pytest.raises(ImageError) as ei:
+        load_image(p)
+    assert ei.value.code == "not_image"

@@ -202,6 +202,13 @@ def decode(data: bytes, limits: Limits = Limits()) -> tuple[np.ndarray, str, Cap
         raise ImageError(f"cannot decode image: {msg}", code) from None
     except (ValueError, SyntaxError, MemoryError, EOFError) as exc:
         raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}", "corrupt") from None
+    except Exception as exc:
+        # Other libraries patch PIL.Image.open process-wide (ultralytics retries unknown files with an
+        # optional HEIF plug-in and raises ImportError when it is absent): a bad photo must still become
+        # an error row, never an exception that stops a batch.
+        if isinstance(exc.__context__, UnidentifiedImageError):
+            raise ImageError("not an image (no known image signature)", "not_image") from None
+        raise ImageError(f"cannot decode image: {type(exc).__name__}: {exc}", "corrupt") from None
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     bgr = np.ascontiguousarray(arr[:, :, ::-1])
