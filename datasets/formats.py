@@ -73,7 +73,8 @@ def _yolo_names(root: Path) -> list[str]:
 
 
 def read_yolo(root: Path, names: list[str] | None = None) -> Iterator[Item]:
-    """``root/images/**/x.jpg`` with ``root/labels/**/x.txt`` (``class cx cy w h``, normalised).
+    """``root/images/**/x.jpg`` with ``root/labels/**/x.txt`` (``class cx cy w h``, normalised; a segment
+    line ``class x1 y1 x2 y2 ...``, as Roboflow exports mix them in, gives its polygon's bounding box).
 
     ``names`` maps class index -> source class name; default: ``root/data.yaml``'s names.
     """
@@ -95,13 +96,19 @@ def read_yolo(root: Path, names: list[str] | None = None) -> Iterator[Item]:
                 continue
             try:
                 c = int(parts[0])
-                cx, cy, bw, bh = (float(v) for v in parts[1:5])
+                v = [float(x) for x in parts[1:]]
             except ValueError:
+                v = []
+            if len(v) == 4:
+                cx, cy, bw, bh = v
+                x1, y1, x2, y2 = cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2
+            elif len(v) >= 6 and len(v) % 2 == 0:  # segment line (x1 y1 x2 y2 ...): its bounding box
+                x1, x2, y1, y2 = min(v[0::2]), max(v[0::2]), min(v[1::2]), max(v[1::2])
+            else:
                 item.problems.append(f"{lab.name}:{n}: malformed line {line!r}")
                 continue
             w, h = item.width, item.height
-            item.boxes.append(Box(names[c] if 0 <= c < len(names) else str(c),
-                                  (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
+            item.boxes.append(Box(names[c] if 0 <= c < len(names) else str(c), x1 * w, y1 * h, x2 * w, y2 * h))
         yield item
 
 

@@ -34,14 +34,18 @@ def _xyxy(b: Box) -> tuple[float, float, float, float]:
 def test_yolo_reader_pixels_and_names(tmp_path):
     _img(tmp_path / "images" / "sub" / "a.jpg")
     (tmp_path / "labels" / "sub").mkdir(parents=True)
-    (tmp_path / "labels" / "sub" / "a.txt").write_text("1 0.5 0.5 0.2 0.4\n0 0.1 0.2 0.1 0.2\nbad line\n")
+    (tmp_path / "labels" / "sub" / "a.txt").write_text(
+        "1 0.5 0.5 0.2 0.4\n0 0.1 0.2 0.1 0.2\nbad line\n"
+        "1 0.2 0.1 0.6 0.3 0.4 0.9 0.2 0.1\n"  # segment (polygon) line -> its bounding box
+        "1 0.2 0.1 0.6\n")  # neither a box nor a polygon
     (it,) = read_yolo(tmp_path, ["knife", "gun"])
-    assert [b.label for b in it.boxes] == ["gun", "knife"]
+    assert [b.label for b in it.boxes] == ["gun", "knife", "gun"]
     assert _xyxy(it.boxes[0]) == pytest.approx((80, 30, 120, 70))
     assert _xyxy(it.boxes[1]) == pytest.approx((10, 10, 30, 30))
-    assert (it.width, it.height) == (200, 100) and any("malformed" in p for p in it.problems)
+    assert _xyxy(it.boxes[2]) == pytest.approx((40, 10, 120, 90))
+    assert (it.width, it.height) == (200, 100) and sum("malformed" in p for p in it.problems) == 2
     (tmp_path / "data.yaml").write_text("names: {0: knife, 1: handgun}\n")  # names from the source's data.yaml
-    assert [b.label for b in next(read_yolo(tmp_path)).boxes] == ["handgun", "knife"]
+    assert [b.label for b in next(read_yolo(tmp_path)).boxes] == ["handgun", "knife", "handgun"]
 
 
 def test_coco_reader(tmp_path):
