@@ -5,7 +5,8 @@
 Sections (each is skipped with the reason when what it needs is not installed):
 1. detector latency: wtivision ONNX fp32/int8 vs the same weights in ultralytics/PyTorch, at 640 and 320;
 2. firearm typology: our ONNX classifier vs basegun-ml's model through ultralytics (latency, top-1 agreement);
-3. OCR: ms per crop of the onnxruntime OCR (PaddleOCR/paddle comparison where it installs);
+3. OCR: ms per crop of the onnxruntime OCR, and PaddleOCR on Paddle Inference on the same crops when
+   WTIVISION_PADDLE_PYTHON names a Python with paddlepaddle + rapidocr_paddle (see benchmarks/ocr_paddle.py);
 4. full `wtivision scan`: photos/s with 1 and 2 workers, peak RSS, cold start;
 5. scaling: time and peak RSS from 100 to 1000 photos.
 """
@@ -110,7 +111,8 @@ def bench_typology(images, reg, repeat: int) -> dict:
         out["pytorch"] = "skipped: ultralytics not installed"
         return out
     if wheel is None:
-        out["pytorch"] = "skipped: basegun-ml wheel not found (pip download basegun-ml==2.0.7 --no-deps -d .cache/wheels)"
+        out["pytorch"] = ("skipped: basegun-ml wheel not found "
+                          "(pip download basegun-ml==2.0.7 --no-deps -d .cache/wheels)")
         return out
     import zipfile
 
