@@ -142,6 +142,8 @@ def train(cfg: dict[str, Any], task: str, resume: bool = False) -> Path:
     if task == "detect" and strength > 0:
         args["augmentations"] = field_augmentations(strength)
     args.update(cfg.get("train_args", {}))
+    if isinstance(args.get("pretrained"), str):  # initial weights (tensors transferred by name and shape)
+        args["pretrained"] = str(_path(args["pretrained"]))
     default_model = "yolov8n.yaml" if task == "detect" else "yolov8n-cls.yaml"
     YOLO(cfg.get("model", default_model), task=task).train(trainer=trainer, **args)
     metrics = write_metrics(run_dir)
