@@ -66,3 +66,58 @@ print('HEAVY', heavy)
                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+def _detector_dir(root, raw, trained=None, with_ocr=False):
+    """A models folder with a constant detector (``raw`` head output) and, optionally, the shipped OCR models."""
+    import shutil
+
+    from tests.conftest import TINY_CLASSES, build_constant_detector
+    from wtivision.registry import ModelSpec, Registry, sha256_file, write_manifest_entry
+
+    root.mkdir()
+    build_constant_detector(root / "tiny.onnx", raw)
+    write_manifest_entry(root, ModelSpec(
+        name="tiny-detector", file="tiny.onnx", sha256=sha256_file(root / "tiny.onnx"), task="detect",
+        classes=TINY_CLASSES, input_size=[64, 64], role="detector", default=True,
+        extra={"trained_classes": trained} if trained else {}))
+    if with_ocr:
+        for spec in Registry(REPO / "models").specs():
+            if spec.role.startswith("ocr") and spec.default:
+                shutil.copy(REPO / "models" / spec.file, root / spec.file)
+                write_manifest_entry(root, spec)
+    return root
+
+
+def test_untrained_detector_classes_are_dropped(tmp_path):
+    from tests.conftest import TINY_RAW
+
+    photo = write_photo(tmp_path / "p.jpg", w=320, h=240)
+    d = _detector_dir(tmp_path / "m", TINY_RAW, trained=["cartridge"])
+    f = Analyzer(models_dir=d, ocr=False).analyze(photo)
+    assert [dt.label for dt in f.detections] == ["cartridge"]
+    with pytest.raises(Exception, match="not among its classes"):
+        Analyzer(models_dir=_detector_dir(tmp_path / "bad", TINY_RAW, trained=["tank"]), ocr=False)
+
+
+def test_close_up_with_nothing_detected_is_read_whole(tmp_path):
+    """A detector without a trained `marking` class: a serial close-up (nothing detected) is read by OCR on
+    the whole photo; a photo with a detected object is not."""
+    import cv2
+
+    from datasets.synth.text import generate
+    from tests.conftest import TINY_RAW
+    from wtivision.ocr.normalize import normalise
+
+    sample = next(iter(generate("serials", 1, 77)))
+    photo = tmp_path / "serial.png"
+    cv2.imwrite(str(photo), cv2.copyMakeBorder(sample.image, 40, 40, 40, 40, cv2.BORDER_REPLICATE))
+    quiet = TINY_RAW.copy()
+    quiet[0, 4:] = 0.01  # no score above the threshold: nothing detected
+    f = Analyzer(models_dir=_detector_dir(tmp_path / "quiet", quiet, trained=["pistol", "cartridge"],
+                                          with_ocr=True)).analyze(photo)
+    assert not f.detections and [t.kind for t in f.texts] == ["serial"]
+    assert f.texts[0].text == normalise(sample.text)[0]
+    f = Analyzer(models_dir=_detector_dir(tmp_path / "busy", TINY_RAW, trained=["pistol", "cartridge"],
+                                          with_ocr=True)).analyze(photo)
+    assert f.detections and not f.texts

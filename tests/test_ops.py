@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from wtivision.ops import box_iou, letterbox, nms, scale_boxes, yolo_postprocess
 
@@ -59,3 +60,8 @@ def test_yolo_postprocess_classwise_nms_and_threshold():
     np.testing.assert_allclose(boxes[2], [195, 195, 205, 205])
     b, s, c = yolo_postprocess(raw, conf_threshold=0.95)
     assert b.shape == (0, 4) and s.shape == (0,) and c.shape == (0,)
+    # a class filter (the detector's trained classes) drops the others before NMS
+    boxes, scores, cls = yolo_postprocess(raw, conf_threshold=0.25, iou_threshold=0.5, classes=[1])
+    assert cls.tolist() == [1] and scores.tolist() == pytest.approx([0.6])
+    boxes, scores, cls = yolo_postprocess(raw, conf_threshold=0.25, iou_threshold=0.5, classes=[0])
+    assert cls.tolist() == [0, 0] and scores.tolist() == pytest.approx([0.9, 0.3])

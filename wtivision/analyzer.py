@@ -134,17 +134,21 @@ class Analyzer:
 
         Without a detector (none in the manifest) the whole photo is read by OCR first, and the typology
         classifier looks at the whole photo only when OCR found no text (a close-up of a serial or a
-        headstamp is not a firearm photo).
+        headstamp is not a firearm photo). With a detector that has no trained ``marking`` / ``case_head``
+        class, photos in which it detects nothing are read whole by OCR (close-ups of markings).
         """
         steps: list[Step] = []
         reg = self.registry
         det_spec = reg.default_for("detector")
+        text_classes = False
         if det_spec is not None:
-            steps.append(DetectStep(YoloDetector(det_spec, reg, self.runtime, conf, iou)))
+            detector = YoloDetector(det_spec, reg, self.runtime, conf, iou)
+            text_classes = bool({"marking", "case_head"} & set(detector.active_classes))
+            steps.append(DetectStep(detector))
         if ocr and reg.default_for("ocr_rec") is not None:
             from .ocr import OcrStep  # local: OCR code loads only when OCR models ship
 
-            steps.append(OcrStep.from_registry(reg, self.runtime, whole_image=det_spec is None))
+            steps.append(OcrStep.from_registry(reg, self.runtime, whole_image=not text_classes))
         typ_spec = reg.default_for("typology")
         if typ_spec is not None:
             steps.append(TypologyStep(ImageClassifier(typ_spec, reg, self.runtime),

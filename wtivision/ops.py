@@ -112,10 +112,13 @@ def yolo_postprocess(
     iou_threshold: float = 0.7,
     max_det: int = 300,
     agnostic: bool = False,
+    classes: np.ndarray | list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Decode one image's raw YOLOv8/11 head output (4 + nc, N) into boxes, scores, classes.
 
-    Boxes are xyxy in letterboxed input pixels. Per-class NMS unless ``agnostic``.
+    Boxes are xyxy in letterboxed input pixels. Per-class NMS unless ``agnostic``. ``classes`` keeps only
+    candidates whose best class is listed (as ultralytics' ``classes=`` argument: filtered after the argmax,
+    before NMS).
     """
     pred = np.asarray(raw, dtype=np.float32)
     if pred.ndim == 3:
@@ -127,6 +130,8 @@ def yolo_postprocess(
     cls = scores_all.argmax(axis=1)
     scores = scores_all[np.arange(len(pred)), cls]
     mask = scores > conf_threshold
+    if classes is not None:
+        mask &= np.isin(cls, np.asarray(classes, dtype=np.int64))
     boxes = xywh2xyxy(pred[mask, :4])
     scores, cls = scores[mask], cls[mask]
     if not len(scores):

@@ -300,8 +300,10 @@ class OcrEngine:
 class OcrStep:
     """Pipeline step: OCR on ``marking`` and ``case_head`` detections.
 
-    With ``whole_image=True`` (used when no object detector is installed) the whole photo is read
-    instead: as a headstamp when it is a case-head close-up (one dominant circle), else as text lines.
+    With ``whole_image=True`` (used when no object detector is installed, or when the detector has no trained
+    ``marking`` / ``case_head`` class) a photo in which nothing was detected is read whole: as a headstamp when
+    it is a case-head close-up (one dominant circle), else as text lines. Close-ups of markings, the usual way
+    they are photographed, are read this way; markings inside a wider scene need the detector's classes.
     With ``firearm_serials=True`` the text detector also searches each firearm box for serial-like lines
     (off by default: it costs one detector run per firearm).
     """
@@ -346,7 +348,7 @@ class OcrStep:
         from ..analyzer import crop
 
         t0 = time.perf_counter()
-        if self.whole_image:
+        if self.whole_image and not findings.detections:
             self._read_whole(image, findings)
         for i, det in enumerate(list(findings.detections)):
             if self.firearm_serials and det.family == FIREARM:
