@@ -40,8 +40,8 @@ def _detector_pt(reg) -> Path | None:
     if spec is None:
         return None
     src = spec.extra.get("pytorch_weights") if spec.extra else None
-    if src and (REPO / src).is_file():
-        return REPO / src
+    if src and (reg.root / src).is_file():
+        return reg.root / src
     return None
 
 

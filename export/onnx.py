@@ -411,12 +411,19 @@ def card_text(r: dict[str, Any]) -> str:
     int8 = r.get("int8")
     int8_line = (f"- int8 (`{r['name']}-int8`): {int8['latency_ms']} ms; agreement with fp32: "
                  f"{json.dumps(int8['agreement'])}\n" if int8 else "")
+    init = (f"\n- **Initial weights**: `{r['init_weights']}` (tensors transferred by name and shape; the rest "
+            "from scratch)." if r.get("init_weights") else "")
+    trained = r.get("trained_classes")
+    dropped = ([c for c in r["classes"] if c not in trained] if trained else [])
+    dropped_line = (f"\n- **Outputs without training data** ({len(dropped)}): dropped by the runtime "
+                    "(manifest `extra.trained_classes`)." if dropped else "")
+    notes = f"\n## Notes\n{r['notes'].strip()}\n" if r.get("notes") else ""
     return f"""# {r['name']} ({'object detector' if r['task'] == 'detect' else 'image classifier'})
 
 - **Task**: `{r['task']}`, {len(r['classes'])} classes, input {r['imgsz']}x{r['imgsz']}
   ({'letterboxed, pad 114' if r['task'] == 'detect' else 'resize + centre crop'}, RGB, /255).
 - **Trained by**: `python -m training.{r['task']}` (run `{r['run']}`, {r.get('epochs', '?')} epochs);
-  exported by `python -m export.onnx` (opset {OPSET}, onnxslim).
+  exported by `python -m export.onnx` (opset {OPSET}, onnxslim).{init}{dropped_line}
 - **Dataset**: manifest SHA-256 `{r.get('dataset_manifest_sha256') or 'n/a'}`;
   images per split {ds.get('images', 'n/a')}.
 - **Licence**: AGPL-3.0-or-later (ultralytics architecture and training code); data licences below.
@@ -441,14 +448,19 @@ Test split (never trained on, no near-duplicates of training images): {headline}
 - Metrics come from the test split of the same dataset; field photos unlike it (night, clutter, unusual
   angles, partial objects) will do worse.
 - Every reading is a machine suggestion for a person to review.
-"""
+{notes}"""
 
 
 # -- the export ---------------------------------------------------------------------------------------
 def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = None, int8: bool = False,
                default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1",
-               role: str | None = None, n_calib: int = 32) -> dict[str, Any]:
-    """Export, check, quantise, document and register a run; return the figures (also in export.json)."""
+               role: str | None = None, n_calib: int = 32, keep_pytorch: bool = False,
+               notes: Path | None = None) -> dict[str, Any]:
+    """Export, check, quantise, document and register a run; return the figures (also in export.json).
+
+    ``keep_pytorch`` copies the run's ``best.pt`` to ``<models-dir>/sources/<name>.pt`` (named in the manifest's
+    ``extra.pytorch_weights``) so that parity tests and benchmarks can compare against the PyTorch source.
+    ``notes``: a markdown file appended to the model card (what the data can and cannot tell apart, ...)."""
     offline_ultralytics()
     run, model = load_run(run_dir, data)
     name = name or f"{'detector' if run.detect else 'classifier'}-{run.dir.name}"
@@ -458,6 +470,11 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     result: dict[str, Any] = {"name": name, "task": run.task, "imgsz": run.imgsz, "classes": run.names,
                               "run": run.dir.name, "dataset_manifest_sha256": run.manifest_sha256,
                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, onnxruntime"}
+    pretrained = model.model.args.get("pretrained")
+    if isinstance(pretrained, str) and pretrained:
+        result["init_weights"] = Path(pretrained).name
+    if notes is not None:
+        result["notes"] = Path(notes).read_text(encoding="utf-8")
     results_csv = run.dir / "results.csv"
     if results_csv.is_file():
         result["epochs"] = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
@@ -478,6 +495,16 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
         result["latency_ms_fp32"] = latency_ms(infer, images)
         result["metrics_test"] = split_metrics(model, run, Path(td))
         result["data"] = data_summary(run)
+        if run.detect and result["data"].get("per_class"):
+            # outputs without training boxes are dropped by the runtime (YoloDetector.active_classes)
+            spec.extra["trained_classes"] = result["trained_classes"] = trained_classes(
+                run.names, result["data"]["per_class"])
+        if keep_pytorch:
+            src = models_dir / "sources" / f"{name}.pt"
+            src.parent.mkdir(parents=True, exist_ok=True)
+            src.write_bytes(run.weights.read_bytes())
+            spec.extra["pytorch_weights"] = src.relative_to(models_dir).as_posix()
+            spec.extra["pytorch_weights_sha256"] = sha256_file(src)
         spec.metrics = {"test": result["metrics_test"], "parity": result["parity"],
                         "latency_ms": result["latency_ms_fp32"]}
         if int8:
@@ -498,6 +525,11 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     result["pytorch_weights"] = str(run.weights)
     (run.dir / "export.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def trained_classes(names: list[str], per_class: dict[str, dict[str, int]]) -> list[str]:
+    """The classes with at least one training box (photo or synthetic), in model order."""
+    return [c for c in names if any(k.startswith("train_") and v > 0 for k, v in per_class.get(c, {}).items())]
 
 
 def int8_good_enough(report: dict[str, Any], min_agreement: float = 0.98) -> bool:
@@ -550,11 +582,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, help="dataset folder (default: from the run's run.json)")
     ap.add_argument("--version", default="1")
     ap.add_argument("--parity-images", type=int, default=8)
+    ap.add_argument("--notes", type=Path, help="markdown file appended to the model card")
+    ap.add_argument("--keep-pytorch", action="store_true",
+                    help="copy best.pt to <models-dir>/sources/<name>.pt for parity tests and benchmarks")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         res = export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data, a.parity_images, a.version,
-                         a.role)
+                         a.role, keep_pytorch=a.keep_pytorch, notes=a.notes)
     except ParityError as exc:
         logging.getLogger("export.onnx").error("export FAILED: %s", exc)
         return 1
