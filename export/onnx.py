@@ -263,7 +263,7 @@ def detect_parity(pt_model: Any, det: YoloDetector, images: list[np.ndarray]) ->
             ours = det.detect(im)
             for key, m in (("pytorch", pt_model), ("onnx", onnx_model)):
                 res = m.predict(im, imgsz=imgsz, conf=conf, iou=det.iou_threshold, max_det=det.max_det,
-                                rect=False, device="cpu", verbose=False)[0]
+                                rect=False, device="cpu", verbose=False, classes=det.class_filter)[0]
                 try:
                     n, bd, sd = compare_detections(ours, res, det.spec.classes)
                 except ParityError as exc:

@@ -86,7 +86,7 @@ class YoloDetector(OnnxModel):
             raise ModelError(f"model {spec.name!r}: trained_classes {unknown} are not among its classes")
         #: Classes the model had training boxes for; detections of the others (untrained outputs) are dropped.
         self.active_classes: list[str] = list(trained) if trained else list(spec.classes)
-        self._class_filter = None if not trained else [spec.classes.index(c) for c in trained]
+        self.class_filter = None if not trained else [spec.classes.index(c) for c in trained]
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
         padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value)
@@ -101,7 +101,7 @@ class YoloDetector(OnnxModel):
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         out, r, pad = self.raw(image_bgr)
         boxes, scores, cls = yolo_postprocess(
-            out, self.conf_threshold, self.iou_threshold, self.max_det, classes=self._class_filter
+            out, self.conf_threshold, self.iou_threshold, self.max_det, classes=self.class_filter
         )
         boxes = scale_boxes(boxes, r, pad, image_bgr.shape[:2])
         names = self.spec.classes
