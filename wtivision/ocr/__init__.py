@@ -302,7 +302,8 @@ class OcrStep:
 
     With ``whole_image=True`` (used when no object detector is installed, or when the detector has no trained
     ``marking`` / ``case_head`` class) a photo in which nothing was detected is read whole: as a headstamp when
-    it is a case-head close-up (one dominant circle), else as text lines. Close-ups of markings, the usual way
+    it is a case-head close-up (one dominant circle; such a close-up is read whatever was detected in it),
+    else as text lines. Close-ups of markings, the usual way
     they are photographed, are read this way; markings inside a wider scene need the detector's classes.
     With ``firearm_serials=True`` the text detector also searches each firearm box for serial-like lines
     (off by default: it costs one detector run per firearm).
@@ -327,15 +328,24 @@ class OcrStep:
     def models(self) -> list[ModelRef]:
         return self.engine.models()
 
-    def _read_whole(self, image: np.ndarray, findings: ImageFindings) -> None:
+    @staticmethod
+    def case_head_close_up(image: np.ndarray) -> tuple[float, float, float] | None:
+        """The case head's circle when the photo is a case-head close-up (one large circle near the middle of
+        the frame), else None. Hough also "finds" circles in textured backgrounds; reading those as headstamps
+        cost ~250 ms a photo for nothing."""
         h, w = image.shape[:2]
-        box = [0.0, 0.0, float(w), float(h)]
         circle = find_case_head(image, work_side=320)
-        reading = None
-        # a case-head close-up: one large circle near the middle of the frame (Hough also "finds" circles
-        # in textured backgrounds; reading those as headstamps cost ~250 ms a photo for nothing)
         if circle is not None and circle[2] > 0.3 * min(h, w) and \
                 abs(circle[0] - w / 2) < 0.2 * w and abs(circle[1] - h / 2) < 0.2 * h:
+            return circle
+        return None
+
+    def _read_whole(self, image: np.ndarray, findings: ImageFindings,
+                    circle: tuple[float, float, float] | None) -> None:
+        h, w = image.shape[:2]
+        box = [0.0, 0.0, float(w), float(h)]
+        reading = None
+        if circle is not None:
             reading = self.engine.read_headstamp(image, box, circle=circle)
         if reading is None:  # not a case head after all, or nothing legible on the ring
             reading = self.engine.read_serial(image, box)
@@ -348,8 +358,12 @@ class OcrStep:
         from ..analyzer import crop
 
         t0 = time.perf_counter()
-        if self.whole_image and not findings.detections:
-            self._read_whole(image, findings)
+        if self.whole_image:
+            # a case-head close-up is read even where the detector saw something in it (a revolver's cylinder
+            # seen end-on and a case head look alike to a detector that never learnt case heads)
+            circle = self.case_head_close_up(image)
+            if circle is not None or not findings.detections:
+                self._read_whole(image, findings, circle)
         for i, det in enumerate(list(findings.detections)):
             if self.firearm_serials and det.family == FIREARM:
                 # serials stamped on a firearm that the detector did not box as a marking
