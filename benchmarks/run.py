@@ -165,6 +165,9 @@ def bench_scan(photos_dir: Path, workdir: Path) -> dict:
     out = {}
     for w in (1, 2):
         out[f"workers_{w}"] = _scan(photos_dir, workdir / f"scan_w{w}", w)
+    # detection + typology only: what the scan costs where OCR runs only on marking boxes and the detector
+    # has no marking class (detector v1); the runs above also read every photo in which nothing was detected
+    out["workers_2_no_ocr"] = _scan(photos_dir, workdir / "scan_w2_no_ocr", 2, ["--no-ocr"])
     code = ("import time;t=time.perf_counter();import wtivision;from wtivision import Analyzer;"
             "a=Analyzer();import numpy as np;a.analyze(np.zeros((480,640,3),np.uint8));"
             "print(round(time.perf_counter()-t,3))")
@@ -230,7 +233,11 @@ def evaluate_targets(res: dict) -> list[str]:
     sc = res["scan"]
     if isinstance(sc, dict) and "workers_2" in sc:
         best = max(sc["workers_1"]["photos_per_s_wall"], sc["workers_2"]["photos_per_s_wall"])
-        t.append(f"full scan ≥ 4 photos/s on this machine: {best} — {'met' if best >= 4 else 'MISSED'}")
+        t.append(f"full scan ≥ 4 photos/s on this machine (with whole-photo OCR of photos where nothing was "
+                 f"detected): {best} — {'met' if best >= 4 else 'MISSED'}")
+        if "workers_2_no_ocr" in sc:
+            v = sc["workers_2_no_ocr"]["photos_per_s_wall"]
+            t.append(f"scan ≥ 4 photos/s with detection and typology only: {v} — {'met' if v >= 4 else 'MISSED'}")
         rss = max(sc["workers_1"]["peak_rss_mib"], sc["workers_2"]["peak_rss_mib"])
         t.append(f"peak RSS ≤ 1.5 GB: {rss} MiB — {'met' if rss <= 1536 else 'MISSED'}")
         cs = sc["cold_start_s"]["median"]
@@ -246,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where generated photos and scans go (default: temp)")
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
     ap.add_argument("--skip", default="", help="comma list of sections to skip: detector,typology,ocr,scan,scaling")
+    ap.add_argument("--keep-skipped", action="store_true",
+                    help="skipped sections keep their figures from the existing JSON (marked with their date)")
     args = ap.parse_args(argv)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     skip = set(filter(None, args.skip.split(",")))
@@ -260,14 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "args": " ".join(argv or sys.argv[1:]),
            "machine": machine(),
            "photos": {"examples": len(examples), "generated": len(gen), "generated_size": "2048x1536 JPEG q90"}}
-    res["detector"] = bench_detector(bench_imgs, reg, args.repeat) if "detector" not in skip else "skipped"
-    res["typology"] = bench_typology(bench_imgs, reg, args.repeat) if "typology" not in skip else "skipped"
-    res["ocr"] = bench_ocr(reg) if "ocr" not in skip else "skipped"
-    res["scan"] = bench_scan(workdir / "photos", workdir) if "scan" not in skip else "skipped"
-    sizes = [int(s) for s in args.scaling.split(",") if s]
-    res["scaling"] = bench_scaling(examples, workdir, sizes) if "scaling" not in skip else "skipped"
-    res["targets"] = evaluate_targets(res)
     out = Path(args.out)
+    previous = {}
+    if args.keep_skipped and out.with_suffix(".json").is_file():
+        previous = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+
+    def skipped(section: str) -> object:
+        if section in previous and previous[section] != "skipped":
+            return {**previous[section], "measured": previous.get("date", "")} if isinstance(
+                previous[section], dict) else previous[section]
+        return "skipped"
+
+    res["detector"] = bench_detector(bench_imgs, reg, args.repeat) if "detector" not in skip else skipped("detector")
+    res["typology"] = bench_typology(bench_imgs, reg, args.repeat) if "typology" not in skip else skipped("typology")
+    res["ocr"] = bench_ocr(reg) if "ocr" not in skip else skipped("ocr")
+    res["scan"] = bench_scan(workdir / "photos", workdir) if "scan" not in skip else skipped("scan")
+    sizes = [int(s) for s in args.scaling.split(",") if s]
+    res["scaling"] = bench_scaling(examples, workdir, sizes) if "scaling" not in skip else skipped("scaling")
+    res["targets"] = evaluate_targets(res)
     out.write_text(to_markdown(res), encoding="utf-8")
     out.with_suffix(".json").write_text(json.dumps(res, indent=2), encoding="utf-8")
     print(f"wrote {out} and {out.with_suffix('.json')}")
