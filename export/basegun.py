@@ -313,7 +313,7 @@ cores, shared with other jobs: 1-minute load average {lat['load_avg_1min_before'
   checks the class order against the model's names and basegun's `CLASSES`, checks the checkpoint's own
   inference transforms are the ones wtivision implements, exports with ultralytics (opset 17, static shape,
   onnxslim), measures parity and fails below {MIN_AGREEMENT} top-1 agreement.
-- **Used by**: the `typology` step: each detected firearm crop (or the whole photo when no detector runs).
+- **Used by**: the `typology` step: each firearm box of the detector (or the whole photo when no detector is installed).
 
 ## Classes (original French names kept in `original_label`)
 {md_table(["basegun class", "wtivision label"], rows)}
