@@ -59,7 +59,8 @@ assert f.ok and f.detections, f
 g = Analyzer().analyze({str(photo)!r})  # the bundled models: typology and OCR
 assert g.ok and {{m.task for m in g.models}} >= {{"classify", "ocr_rec"}}, g
 from wtivision.cli import build_parser; build_parser()
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'ultralytics', 'paddle', 'paddleocr', 'albumentations'))
+HEAVY = ('torch', 'torchvision', 'ultralytics', 'paddle', 'paddleocr', 'albumentations')
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)
 print('HEAVY', heavy)
 """
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,

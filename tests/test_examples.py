@@ -42,7 +42,8 @@ def test_examples_findings_match_what_a_person_sees(scanned):
     serial_hits = sum(any(t["text"] == v["serial"] for t in rows[k]["texts"])
                       for k, v in expected.items() if isinstance(v, dict) and "serial" in v)
     assert serial_hits >= 2
-    code_hits = sum(any(t["headstamp"] and t["headstamp"]["factory_code"] == v["headstamp"][0] for t in rows[k]["texts"])
+    code_hits = sum(any(t["headstamp"] and t["headstamp"]["factory_code"] == v["headstamp"][0]
+                        for t in rows[k]["texts"])
                     for k, v in expected.items() if isinstance(v, dict) and "headstamp" in v)
     assert code_hits >= 1
     # close-ups of markings are not classified as firearms by the whole-photo fallback (only a detector's

@@ -167,7 +167,8 @@ class Store:
                 "SELECT status, COUNT(*) FROM results WHERE model_set = ? GROUP BY status", (model_set,)
             ).fetchall()
         )
-        return {"files": files, "distinct": sum(by_status.values()), **{f"results_{k}": v for k, v in by_status.items()}}
+        return {"files": files, "distinct": sum(by_status.values()),
+                **{f"results_{k}": v for k, v in by_status.items()}}
 
 
 OBJECT_COLUMNS = (

@@ -72,7 +72,8 @@ def _card(f: ImageFindings, thumb: bytes) -> str:
     meta = ""
     if cap and (cap.datetime_original or cap.make or cap.gps_latitude is not None):
         gps = f", GPS {cap.gps_latitude}, {cap.gps_longitude}" if cap.gps_latitude is not None else ""
-        meta = f"<div class=meta>captured {_esc(cap.datetime_original)} {_esc(cap.make)} {_esc(cap.model)}{_esc(gps)}</div>"
+        meta = (f"<div class=meta>captured {_esc(cap.datetime_original)} {_esc(cap.make)} {_esc(cap.model)}"
+                f"{_esc(gps)}</div>")
     models = ", ".join(f"{_esc(m.name)} <code>{_esc(m.sha256[:12])}</code>" for m in f.models)
     also = f"<div class=meta>also at: {_esc(', '.join(f.also_at))}</div>" if f.also_at else ""
     return (f'<article class="card" data-families="{_esc(" ".join(fams))}" data-labels="{_esc(" ".join(labels))}" '
@@ -84,13 +85,16 @@ def _card(f: ImageFindings, thumb: bytes) -> str:
 
 CSS = """body{font-family:system-ui,sans-serif;margin:0;background:#f4f4f2;color:#222}
 header{background:#1f2d3a;color:#fff;padding:12px 20px}header h1{margin:0;font-size:20px}
-.summary{display:flex;flex-wrap:wrap;gap:16px;padding:12px 20px}.summary section{background:#fff;padding:8px 14px;border-radius:6px}
+.summary{display:flex;flex-wrap:wrap;gap:16px;padding:12px 20px}
+.summary section{background:#fff;padding:8px 14px;border-radius:6px}
 .filters{position:sticky;top:0;background:#e8e8e4;padding:8px 20px;display:flex;gap:12px;align-items:center;z-index:2}
 #cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:14px;padding:14px 20px}
-.card{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 2px #0002}.card img{max-width:100%;display:block;margin:auto}
+.card{background:#fff;border-radius:6px;padding:10px;box-shadow:0 1px 2px #0002}
+.card img{max-width:100%;display:block;margin:auto}
 .card h3{font-size:14px;margin:6px 0;word-break:break-all}.meta{font-size:11px;color:#555;word-break:break-all}
 .card ul{padding-left:18px;font-size:13px}.review{background:#fc3;padding:0 4px;border-radius:3px;font-size:11px}
-.err{color:#b00}.hidden{display:none}code{font-size:11px}table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;text-align:left}"""
+.err{color:#b00}.hidden{display:none}code{font-size:11px}table{border-collapse:collapse;font-size:13px}
+td,th{padding:2px 8px;text-align:left}"""
 
 JS = """const $=s=>document.querySelector(s);
 function apply(){const fam=$('#family').value,lab=$('#label').value,min=parseFloat($('#minconf').value),
@@ -140,7 +144,8 @@ def write_html_report(outdir: str | os.PathLike[str], html_path: str | os.PathLi
                        for f in errors)
     opts = lambda xs: "".join(f'<option value="{_esc(x)}">{_esc(x)}</option>' for x in xs)  # noqa: E731
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy"
+ content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>wtivision report — {_esc(scan.root.name)}</title><style>{CSS}</style></head><body>
 <header><h1>wtivision scan report</h1><div>{_esc(scan.root)} · {len(scan.findings)} distinct photos ·
 {s.get('files', '?')} files · scanned {_esc(scan.info.get('finished', ''))} · models: {', '.join(
@@ -155,7 +160,8 @@ status <select id="status"><option value="">all</option><option>ok</option><opti
 min confidence <input id="minconf" type="range" min="0" max="1" step="0.05" value="0"><span id="minval"></span>
 search <input id="q" type="search" placeholder="path, serial, label"><span id="count"></span></div>
 <main id="cards">{''.join(cards)}</main>
-{'' if not max_photos or max_photos >= len(scan.findings) else f'<p>{len(scan.findings) - max_photos} more photos not shown (--max-photos)</p>'}
+{'' if not max_photos or max_photos >= len(scan.findings)
+   else f'<p>{len(scan.findings) - max_photos} more photos not shown (--max-photos)</p>'}
 <script>{JS}</script></body></html>"""
     out = Path(html_path)
     tmp = out.with_name(out.name + ".tmp")

@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
-                               "script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+                               "script-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; "
+                               "base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "same-origin",
@@ -81,13 +82,14 @@ review <select id="rstatus"><option value="">all</option><option>unreviewed</opt
 f=$('#family').value,r=$('#rstatus').value;let n=0;document.querySelectorAll('tr.row').forEach(t=>{{
 const ok=(!q||t.dataset.text.includes(q))&&(!f||t.dataset.families.split(' ').includes(f))&&(!r||t.dataset.status===r);
 t.style.display=ok?'':'none';if(ok)n++;}});$('#count').textContent=n+' shown';}}
-document.querySelectorAll('.filters input,.filters select').forEach(e=>e.addEventListener('input',apply));apply();</script>""")
+document.querySelectorAll('.filters input,.filters select').forEach(e=>e.addEventListener('input',apply));
+apply();</script>""")
 
     def photo_html(self, i: int, message: str = "") -> str:
         f = self.scan.findings[i]
         hist = self.corrections.history(f.sha256)
-        cur = hist[-1].record if hist else Record(serial=next((t.text for t in f.texts if t.kind == "serial"), ""),
-                                                  headstamp=next((t.text for t in f.texts if t.kind == "headstamp"), ""),
+        first = {kind: next((t.text for t in f.texts if t.kind == kind), "") for kind in ("serial", "headstamp")}
+        cur = hist[-1].record if hist else Record(serial=first["serial"], headstamp=first["headstamp"],
                                                   labels=", ".join(d.label for d in f.detections))
         machine = [f"<li>{E(d.family)}/{E(d.label)} {d.confidence:.2f} [{', '.join(f'{v:.0f}' for v in d.box)}]</li>"
                    for d in f.detections]
@@ -104,7 +106,8 @@ document.querySelectorAll('.filters input,.filters select').forEach(e=>e.addEven
             elif k == "notes":
                 inputs.append(f'<label>notes <textarea name="notes" maxlength="2000">{E(v)}</textarea></label>')
             else:
-                inputs.append(f'<label>{E(k.replace("_", " "))} <input name="{k}" value="{E(v)}" maxlength="2000"></label>')
+                inputs.append(f'<label>{E(k.replace("_", " "))} '
+                              f'<input name="{k}" value="{E(v)}" maxlength="2000"></label>')
         history = "".join(f"<tr><td>{r.id}</td><td>{E(r.created_at)}</td><td>{E(r.operator)}</td>"
                           f"<td>{E(r.record.status)}</td><td><code>{E(r.record.serial)}</code></td>"
                           f"<td><code>{E(r.record.headstamp)}</code></td></tr>" for r in hist)
