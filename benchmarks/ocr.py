@@ -65,9 +65,9 @@ def run(n_serials: int, n_headstamps: int, keep: dict | None = None) -> dict:
     res: dict = {"machine": machine()}
     exact, edits, chars, ms, review = 0, 0, 0, [], 0
     failures = []
-    kept: dict[str, list] = {"serials": [], "headstamps": []} if keep is None else keep
-    kept.setdefault("serials", [])
-    kept.setdefault("headstamps", [])
+    if keep is not None:
+        keep.setdefault("serials", [])
+        keep.setdefault("headstamps", [])
     for s in generate("serials", n_serials, SERIAL_SEED):
         t0 = time.perf_counter()
         r = eng.read_serial(s.image, [0, 0, s.image.shape[1], s.image.shape[0]])
@@ -81,7 +81,7 @@ def run(n_serials: int, n_headstamps: int, keep: dict | None = None) -> dict:
         if got != truth and len(failures) < 10:
             failures.append({"truth": truth, "read": got, "candidates": r.candidates if r else []})
         if keep is not None:
-            kept["serials"].append({"image": s.image, "truth": truth, "read": got, "ms": ms[-1]})
+            keep["serials"].append({"image": s.image, "truth": truth, "read": got, "ms": ms[-1]})
     res["serials"] = {"n": n_serials, "exact_match": round(exact / n_serials, 4), "cer": round(edits / chars, 4),
                       "needs_review_rate": round(review / n_serials, 4),
                       "ms_per_crop_median": round(float(np.median(ms)), 1),
@@ -102,7 +102,7 @@ def run(n_serials: int, n_headstamps: int, keep: dict | None = None) -> dict:
         counts = token_counts(truth, got)
         tp, fp, fn = tp + counts[0], fp + counts[1], fn + counts[2]
         if keep is not None:
-            kept["headstamps"].append({"image": s.image, "truth": truth, "read": got, "ms": ms[-1]})
+            keep["headstamps"].append({"image": s.image, "truth": truth, "read": got, "ms": ms[-1]})
         code_ok += bool(r and r.headstamp and r.headstamp.factory_code == truth[0])
         want_year = parse_headstamp(s.tokens).year
         if want_year:
