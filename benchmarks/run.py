@@ -275,10 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
 
     def skipped(section: str) -> object:
-        if section in previous and previous[section] != "skipped":
-            return {**previous[section], "measured": previous.get("date", "")} if isinstance(
-                previous[section], dict) else previous[section]
-        return "skipped"
+        prev = previous.get(section, "skipped")
+        return {**prev, "measured": previous.get("date", "")} if isinstance(prev, dict) else prev
 
     res["detector"] = bench_detector(bench_imgs, reg, args.repeat) if "detector" not in skip else skipped("detector")
     res["typology"] = bench_typology(bench_imgs, reg, args.repeat) if "typology" not in skip else skipped("typology")

@@ -303,9 +303,10 @@ class OcrStep:
 
     With ``whole_image=True`` (used when no object detector is installed, or when the detector has no trained
     ``marking`` / ``case_head`` class) a photo in which nothing was detected is read whole: as a headstamp when
-    it is a case-head close-up (one dominant circle; such a close-up is read whatever was detected in it),
-    else as text lines. Close-ups of markings, the usual way
-    they are photographed, are read this way; markings inside a wider scene need the detector's classes.
+    it is a case-head close-up (one dominant circle), else as text lines. A case-head close-up is also read
+    when the only thing detected is the round object itself (a box matching the circle). Close-ups of
+    markings, the usual way they are photographed, are read this way; markings inside a wider scene need the
+    detector's classes.
     With ``firearm_serials=True`` the text detector also searches each firearm box for serial-like lines
     (off by default: it costs one detector run per firearm).
     """
