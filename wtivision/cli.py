@@ -4,6 +4,7 @@
     wtivision analyze PHOTO [--json]
     wtivision models [--verify]
     wtivision export OUTDIR            (rewrite results.jsonl / objects.csv from the store)
+    wtivision evaluate DATASET [--split test] [--json OUT]   (detector AP on labelled photos, YOLO format)
 """
 
 from __future__ import annotations
@@ -158,6 +159,47 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .evaluate import evaluate_detector
+    from .registry import Registry
+    from .runtime import RuntimeOptions, YoloDetector
+
+    reg = Registry(args.models_dir)
+    spec = reg.get(args.model) if args.model else reg.default_for("detector")
+    if spec is None:
+        print(f"no default detector in {reg.root}; name one with --model", file=sys.stderr)
+        return 2
+    det = YoloDetector(spec, reg, RuntimeOptions(intra_threads=args.threads), conf_threshold=args.min_conf,
+                       iou_threshold=args.iou)
+    bar = tqdm(total=0, unit="photo", dynamic_ncols=True, disable=args.quiet)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        ev = evaluate_detector(det, args.dataset, args.split, operating_conf=args.conf, progress=progress)
+    finally:
+        bar.close()
+    print(f"{ev.model} on {ev.dataset} [{ev.split}]: {ev.images} images, mAP50 {ev.map50:.3f}, "
+          f"mAP50-95 {ev.map50_95:.3f}")
+    print(f"  {'class':24s} {'boxes':>6s} {'AP50':>6s} {'AP50-95':>8s}  P/R at conf {ev.operating_conf:g}")
+    for c in ev.classes:
+        note = "" if c.trained else "  (class not trained: its outputs are dropped)"
+        print(f"  {c.name:24s} {c.ground_truth:6d} {c.ap50:6.3f} {c.ap50_95:8.3f}  "
+              f"{c.precision:.3f}/{c.recall:.3f}{note}")
+    for k, v in ev.errors.items():
+        print(f"  skipped {k}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(ev.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wtivision", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,6 +231,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("outdir")
     e.add_argument("--model-set")
     e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("evaluate", help="measure the detector on labelled photos (YOLO folders), no torch")
+    v.add_argument("dataset", help="folder with images/<split>/ and labels/<split>/ (and data.yaml for names)")
+    v.add_argument("--split", default="test", help="split to evaluate (default test)")
+    v.add_argument("--model", help="detector name in the manifest (default: the default detector)")
+    v.add_argument("--models-dir", help="folder with manifest.json (default: the bundled models)")
+    v.add_argument("--conf", type=float, default=0.25, help="operating threshold for precision/recall")
+    v.add_argument("--min-conf", type=float, default=0.001, help="lowest score kept when computing AP")
+    v.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
+    v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all cores)")
+    v.add_argument("--json", help="write the evaluation as JSON here")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    v.set_defaults(func=cmd_evaluate)
 
     try:
         from .review.cli import register

@@ -27,6 +27,10 @@ class ImageError(WtivisionError):
         self.code = code
 
 
+class DatasetError(WtivisionError):
+    """A labelled dataset folder is missing or not laid out as expected."""
+
+
 class MissingExtraError(WtivisionError, ImportError):
     """An optional dependency is not installed."""
 

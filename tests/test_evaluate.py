@@ -1,0 +1,115 @@
+"""Torch-free detector evaluation (wtivision.evaluate): AP maths, matching, and a whole run on a
+labelled folder with the constant tiny detector, whose detections are known exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_photo
+
+from wtivision.evaluate import (
+    DetectorEval,
+    _names_without_yaml,
+    average_precision,
+    evaluate_detector,
+    match_image,
+    read_labels,
+)
+
+
+def test_average_precision_follows_coco_interpolation():
+    assert average_precision(np.array([0.5, 1.0]), np.array([1.0, 1.0])) == pytest.approx(1.0)
+    assert average_precision(np.array([]), np.array([])) == 0.0
+    # recall stops at 0.5 with precision 1: the 51 recall levels 0.00..0.50 score 1, the rest 0
+    assert average_precision(np.array([0.5, 0.5]), np.array([1.0, 0.5])) == pytest.approx(51 / 101)
+    # a false positive ranked first lowers the envelope to the later precision
+    assert average_precision(np.array([0.0, 0.5]), np.array([0.0, 0.5])) == pytest.approx(0.5 * 51 / 101)
+
+
+def test_match_image_is_greedy_by_score_and_one_to_one():
+    gt = np.array([[0, 0, 10, 10], [20, 0, 30, 10]], float)
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 0, 30, 10], [20, 0, 30, 10]], float)
+    scores = np.array([0.5, 0.9, 0.8, 0.3])
+    tp = match_image(pred, scores, np.array([0, 0, 0, 1]), gt, np.array([0, 0]))
+    # the higher-scored duplicate takes the first box; the class-1 prediction matches nothing
+    assert tp[:, 0].tolist() == [False, True, True, False]
+    assert tp.shape == (4, 10) and tp[1].all()
+
+
+def test_labels_and_names_are_read_in_both_yolo_forms(tmp_path):
+    lbl = tmp_path / "a.txt"
+    lbl.write_text("1 0.5 0.5 0.5 0.25\n\n0 0.1 0.1 0.3 0.1 0.3 0.3 0.1 0.3\n")
+    boxes, cls = read_labels(lbl, 100, 200)
+    assert cls.tolist() == [1, 0]
+    np.testing.assert_allclose(boxes, [[25, 75, 75, 125], [10, 20, 30, 60]])
+    lbl.write_text("0 0.5 0.5\n")
+    with pytest.raises(ValueError, match="a.txt:1"):
+        read_labels(lbl, 100, 100)
+    assert _names_without_yaml("path: x\nnames:\n  0: pistol\n  1: 'rifle'\ntrain: a\n") == {0: "pistol", 1: "rifle"}
+    assert _names_without_yaml("names: [pistol, rifle]\n") == ["pistol", "rifle"]
+    assert _names_without_yaml("names:\n  - pistol\n  - rifle\n") == ["pistol", "rifle"]
+
+
+def _yolo_line(c: int, box: list[float], w: int, h: int) -> str:
+    x0, y0, x1, y1 = box
+    return f"{c} {(x0 + x1) / 2 / w} {(y0 + y1) / 2 / h} {(x1 - x0) / w} {(y1 - y0) / h}\n"
+
+
+@pytest.fixture()
+def labelled(tmp_path) -> Path:
+    """Two photos labelled against what the tiny detector outputs (see conftest.TINY_RAW): pistol at
+    [8,28,24,36] and cartridge at [44,28,52,36] in a 64 px photo, both doubled in a 128 px one."""
+    root = tmp_path / "ds"
+    (root / "labels" / "test").mkdir(parents=True)
+    (root / "data.yaml").write_text("names:\n  0: pistol\n  1: cartridge\n  2: marking\n  3: landmine_uxo\n")
+    write_photo(root / "images" / "test" / "a.png", 64, 64)
+    write_photo(root / "images" / "test" / "b.png", 128, 128, seed=1)
+    (root / "labels" / "test" / "a.txt").write_text(
+        _yolo_line(0, [8, 28, 24, 36], 64, 64) + _yolo_line(1, [44, 28, 52, 36], 64, 64))
+    # b: pistol exact; cartridge shifted by 4 px (IoU 0.6 with the prediction); a landmine nobody finds
+    (root / "labels" / "test" / "b.txt").write_text(
+        _yolo_line(0, [16, 56, 48, 72], 128, 128) + _yolo_line(1, [92, 56, 108, 72], 128, 128)
+        + _yolo_line(3, [0, 0, 20, 20], 128, 128))
+    (root / "images" / "test" / "c empty.jpg").write_bytes(b"")  # unreadable: an error row, not a crash
+    return root
+
+
+def test_evaluation_on_a_labelled_folder(labelled, tiny_models_dir):
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+
+    reg = Registry(tiny_models_dir)
+    det = YoloDetector(reg.get("tiny-detector"), reg, conf_threshold=0.001)
+    seen = []
+    ev = evaluate_detector(det, labelled, "test", progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1] == (3, 3)
+    assert ev.images == 2 and list(ev.errors) == ["images/test/c empty.jpg"]
+    assert "empty" in ev.errors["images/test/c empty.jpg"]
+    per = {c.name: c for c in ev.classes}
+    assert per["pistol"].ap50 == pytest.approx(1.0) and per["pistol"].ap50_95 == pytest.approx(1.0)
+    assert per["pistol"].precision == 1.0 and per["pistol"].recall == 1.0
+    # cartridge: both found at IoU <= 0.6; above 0.6 only photo a's (ranked first of two equal scores)
+    assert per["cartridge"].ap50 == pytest.approx(1.0)
+    assert per["cartridge"].ap50_95 == pytest.approx((3 + 7 * 51 / 101) / 10, abs=1e-4)
+    # marking: scored 0.2 in both photos, no ground truth: listed, not in the mean, none at conf 0.25
+    assert per["marking"].ground_truth == 0 and per["marking"].predictions == 0
+    # landmine_uxo is not an output of the model: every box counts as missed
+    assert per["landmine_uxo"].ground_truth == 1 and per["landmine_uxo"].ap50 == 0.0
+    assert ev.map50 == pytest.approx(2 / 3, abs=1e-4)
+    assert ev.model == "tiny-detector" and ev.model_sha256 == reg.get("tiny-detector").sha256
+    assert DetectorEval.from_dict(json.loads(json.dumps(ev.to_dict()))) == ev
+
+
+def test_evaluate_cli_writes_json(labelled, tiny_models_dir, tmp_path, capsys):
+    from wtivision.cli import main
+
+    out = tmp_path / "eval.json"
+    rc = main(["evaluate", str(labelled), "--models-dir", str(tiny_models_dir), "--json", str(out), "-q"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "mAP50 0.667" in text and "skipped images/test/c empty.jpg" in text
+    assert json.loads(out.read_text())["classes"][0]["name"] == "pistol"
+    assert main(["evaluate", str(labelled), "--split", "val", "--models-dir", str(tiny_models_dir)]) == 2

@@ -1,0 +1,283 @@
+"""Detector evaluation without torch: average precision per class on a labelled folder.
+
+A lab that labels its own photos (YOLO format: ``images/<split>/*.jpg`` beside ``labels/<split>/*.txt``,
+one ``class cx cy w h`` line per box, normalised) can measure the shipped ONNX detector on them with the
+runtime alone::
+
+    wtivision evaluate DATASET_DIR --split test --json eval.json
+
+Matching follows COCO: per image and class, detections in descending score order each take the unmatched
+ground-truth box they overlap most, if that IoU reaches the threshold. AP is COCO's 101-point
+interpolated precision (as pycocotools computes it); mAP averages the classes that have ground-truth
+boxes. Images that cannot be read are listed in ``errors`` and left out; they never
+stop the evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+from .media import is_candidate, load_image
+from .ops import box_iou, xywh2xyxy
+from .results import _Element
+from .runtime import YoloDetector
+
+logger = logging.getLogger(__name__)
+
+IOU_THRESHOLDS = np.round(np.linspace(0.5, 0.95, 10), 2)
+
+
+@dataclass
+class ClassEval(_Element):
+    """Metrics of one class. ``precision``/``recall`` are at the operating confidence threshold and IoU 0.5."""
+
+    name: str
+    ground_truth: int
+    predictions: int
+    ap50: float
+    ap50_95: float
+    precision: float
+    recall: float
+    trained: bool = True
+
+
+@dataclass
+class DetectorEval(_Element):
+    """Evaluation of one detector on one labelled split."""
+
+    model: str
+    model_sha256: str
+    dataset: str
+    split: str
+    images: int
+    operating_conf: float
+    map50: float
+    map50_95: float
+    classes: list[ClassEval] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    def per_class_ap50(self) -> dict[str, float]:
+        return {c.name: c.ap50 for c in self.classes}
+
+
+def average_precision(recall: np.ndarray, precision: np.ndarray, points: int = 101) -> float:
+    """COCO (pycocotools) average precision: the mean, over ``points`` evenly spaced recall levels, of the
+    best precision reached at that recall or beyond; 0 at recall levels never reached.
+
+    ``recall``/``precision`` are the cumulative curves over detections sorted by descending score.
+    (ultralytics instead integrates a curve extended linearly to recall 1, which reads a little higher
+    when recall stays below 1.)
+    """
+    rec = np.asarray(recall, dtype=np.float64)
+    if not len(rec):
+        return 0.0
+    envelope = np.flip(np.maximum.accumulate(np.flip(np.asarray(precision, dtype=np.float64))))
+    levels = np.linspace(0.0, 1.0, points)
+    idx = np.searchsorted(rec, levels - 1e-12, side="left")
+    reached = idx < len(rec)
+    return float(np.where(reached, envelope[np.minimum(idx, len(rec) - 1)], 0.0).mean())
+
+
+def match_image(pred_boxes: np.ndarray, pred_scores: np.ndarray, pred_cls: np.ndarray, gt_boxes: np.ndarray,
+                gt_cls: np.ndarray, thresholds: np.ndarray = IOU_THRESHOLDS) -> np.ndarray:
+    """True-positive matrix (n_pred, n_thresholds) of one image's detections, COCO greedy matching."""
+    tp = np.zeros((len(pred_boxes), len(thresholds)), dtype=bool)
+    if not len(pred_boxes) or not len(gt_boxes):
+        return tp
+    iou = box_iou(np.asarray(pred_boxes, np.float64), np.asarray(gt_boxes, np.float64))
+    iou[np.asarray(pred_cls)[:, None] != np.asarray(gt_cls)[None, :]] = 0.0
+    order = np.argsort(-np.asarray(pred_scores), kind="stable")
+    for t, thr in enumerate(thresholds):
+        taken = np.zeros(len(gt_boxes), dtype=bool)
+        for i in order:
+            cand = np.where(~taken & (iou[i] >= thr - 1e-9))[0]
+            if len(cand):
+                j = cand[np.argmax(iou[i, cand])]
+                taken[j] = True
+                tp[i, t] = True
+    return tp
+
+
+def ap_per_class(tp: np.ndarray, scores: np.ndarray, pred_cls: np.ndarray, gt_cls: np.ndarray,
+                 n_classes: int, operating_conf: float = 0.25) -> dict[int, dict[str, float]]:
+    """AP50, AP50-95 and precision/recall at ``operating_conf`` for every class with ground truth or
+    predictions. ``tp`` is (n_pred, n_thresholds) over all images, first column IoU 0.5."""
+    out: dict[int, dict[str, float]] = {}
+    scores = np.asarray(scores, np.float64)
+    pred_cls, gt_cls = np.asarray(pred_cls, np.int64), np.asarray(gt_cls, np.int64)
+    for c in range(n_classes):
+        n_gt = int((gt_cls == c).sum())
+        sel = np.where(pred_cls == c)[0]
+        if not n_gt and not len(sel):
+            continue
+        sel = sel[np.argsort(-scores[sel], kind="stable")]
+        ctp = tp[sel].astype(np.float64)
+        cum_tp = ctp.cumsum(axis=0)
+        cum_fp = (1.0 - ctp).cumsum(axis=0)
+        aps = []
+        for t in range(tp.shape[1]):
+            if not n_gt:
+                aps.append(0.0)
+                continue
+            rec = cum_tp[:, t] / n_gt
+            prec = cum_tp[:, t] / np.maximum(cum_tp[:, t] + cum_fp[:, t], 1e-12)
+            aps.append(average_precision(rec, prec))
+        at = scores[sel] >= operating_conf
+        tp_at = float(ctp[at, 0].sum()) if len(sel) else 0.0
+        out[c] = {"ground_truth": n_gt, "predictions": int(at.sum()), "ap50": aps[0],
+                  "ap50_95": float(np.mean(aps)),
+                  "precision": tp_at / max(int(at.sum()), 1), "recall": tp_at / n_gt if n_gt else 0.0}
+    return out
+
+
+def dataset_names(root: Path) -> list[str] | None:
+    """Class names from ``root/data.yaml`` (``names:`` as a list or an index mapping), None without one."""
+    path = root / "data.yaml"
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        import yaml  # optional: present with the training extras
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        names = (yaml.safe_load(text) or {}).get("names")
+    else:
+        names = _names_without_yaml(text)
+    if isinstance(names, dict):
+        return [str(names[k]) for k in sorted(names, key=int)]
+    return [str(n) for n in names] if names else None
+
+
+def _names_without_yaml(text: str) -> list[str] | dict[int, str] | None:
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        m = re.match(r"^names:\s*(.*)$", line)
+        if not m:
+            continue
+        inline = m.group(1).strip()
+        if inline.startswith("["):
+            return [s.strip().strip("'\"") for s in inline.strip("[]").split(",") if s.strip()]
+        items: dict[int, str] = {}
+        seq: list[str] = []
+        for sub in lines[i + 1:]:
+            if sub and not sub[0].isspace():
+                break
+            km = re.match(r"^\s+(\d+)\s*:\s*(.+?)\s*$", sub)
+            lm = re.match(r"^\s+-\s*(.+?)\s*$", sub)
+            if km:
+                items[int(km.group(1))] = km.group(2).strip("'\"")
+            elif lm:
+                seq.append(lm.group(1).strip("'\""))
+        return items or seq or None
+    return None
+
+
+def read_labels(path: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """YOLO label file -> (xyxy boxes in pixels, class indices). Polygon lines become their bounding box;
+    a missing file means no objects."""
+    boxes, cls = [], []
+    if path.is_file():
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                vals = [float(v) for v in parts]
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not a YOLO label line: {line!r}") from None
+            if len(vals) == 5:
+                cx, cy, w, h = vals[1:]
+            elif len(vals) >= 7 and len(vals) % 2 == 1:
+                xs, ys = vals[1::2], vals[2::2]
+                cx, cy = (min(xs) + max(xs)) / 2, (min(ys) + max(ys)) / 2
+                w, h = max(xs) - min(xs), max(ys) - min(ys)
+            else:
+                raise ValueError(f"{path}:{n}: expected 'class cx cy w h' or a polygon, got {len(vals)} numbers")
+            boxes.append([cx * width, cy * height, w * width, h * height])
+            cls.append(int(vals[0]))
+    if not boxes:
+        return np.zeros((0, 4)), np.zeros(0, np.int64)
+    return xywh2xyxy(np.asarray(boxes, np.float64)), np.asarray(cls, np.int64)
+
+
+def split_images(root: Path, split: str) -> Iterator[tuple[Path, Path]]:
+    """(image, label file) pairs of ``root/images/<split>`` (or ``root/<split>/images``), sorted."""
+    for images, labels in ((root / "images" / split, root / "labels" / split),
+                           (root / split / "images", root / split / "labels")):
+        if images.is_dir():
+            for p in sorted(images.rglob("*")):
+                if p.is_file() and is_candidate(p):
+                    yield p, labels / p.relative_to(images).with_suffix(".txt")
+            return
+    raise DatasetError(f"no images folder for split {split!r} under {root} "
+                            f"(expected {root / 'images' / split} or {root / split / 'images'})")
+
+
+def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "test",
+                      names: list[str] | None = None, operating_conf: float = 0.25,
+                      progress: Callable[[int, int], None] | None = None) -> DetectorEval:
+    """Run ``detector`` on every image of the split and compare with its labels.
+
+    Set the detector's ``conf_threshold`` low (e.g. 0.001) to measure AP over the whole score range;
+    ``operating_conf`` is where precision and recall are reported. Label indices are named by ``names``,
+    else by the folder's ``data.yaml``, else by the model's classes, and matched to the model by name.
+    """
+    root = Path(root)
+    pairs = list(split_images(root, split))
+    label_names = names or dataset_names(root) or list(detector.spec.classes)
+    model_names = list(detector.spec.classes)
+    unknown = sorted(set(label_names) - set(model_names))
+    if unknown:
+        logger.warning("label classes %s are not outputs of model %s: they count as missed", unknown,
+                       detector.name)
+    all_names = model_names + unknown
+    to_model = np.array([all_names.index(n) for n in label_names], dtype=np.int64)
+    tps, scores, pcls, gcls = [], [], [], []
+    errors: dict[str, str] = {}
+    for i, (img_path, lbl_path) in enumerate(pairs):
+        key = str(img_path.relative_to(root))
+        try:
+            image = load_image(img_path).array
+            h, w = image.shape[:2]
+            gt_boxes, gt_idx = read_labels(lbl_path, w, h)
+            if len(gt_idx) and (gt_idx.min() < 0 or gt_idx.max() >= len(label_names)):
+                raise ValueError(f"{lbl_path}: class index {int(gt_idx.max())} beyond the {len(label_names)} names")
+            dets = detector.detect(image)
+        except Exception as exc:  # one bad image never stops an evaluation
+            errors[key] = f"{type(exc).__name__}: {exc}"
+            logger.warning("skipped %s: %s", key, errors[key])
+        else:
+            g = to_model[gt_idx]
+            pb = np.asarray([d.box for d in dets], np.float64).reshape(-1, 4)
+            ps = np.asarray([d.confidence for d in dets], np.float64)
+            pc = np.asarray([model_names.index(d.label) for d in dets], np.int64)
+            tps.append(match_image(pb, ps, pc, gt_boxes, g))
+            scores.append(ps)
+            pcls.append(pc)
+            gcls.append(g)
+        if progress:
+            progress(i + 1, len(pairs))
+    tp = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
+    per = ap_per_class(tp, np.concatenate(scores) if scores else np.zeros(0),
+                       np.concatenate(pcls) if pcls else np.zeros(0, np.int64),
+                       np.concatenate(gcls) if gcls else np.zeros(0, np.int64), len(all_names), operating_conf)
+    active = set(detector.active_classes)
+    classes = [ClassEval(name=all_names[c], trained=all_names[c] in active,
+                         **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()})
+               for c, m in sorted(per.items())]
+    with_gt = [c for c in classes if c.ground_truth]
+    return DetectorEval(
+        model=detector.name, model_sha256=detector.spec.sha256, dataset=str(root), split=split,
+        images=len(pairs) - len(errors), operating_conf=operating_conf,
+        map50=round(float(np.mean([c.ap50 for c in with_gt])), 4) if with_gt else 0.0,
+        map50_95=round(float(np.mean([c.ap50_95 for c in with_gt])), 4) if with_gt else 0.0,
+        classes=classes, errors=errors,
+    )
