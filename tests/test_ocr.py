@@ -184,3 +184,79 @@ def test_code_table_single_source():
     assert link.is_symlink() and not Path(link.readlink()).is_absolute()
     assert link.resolve() == (Path(__file__).resolve().parents[1] / "wtivision" / "ocr" / "headstamp_codes.csv")
     assert all(row.source for row in code_table().values())
+
+
+def _canvas_with(head: np.ndarray | None, size: tuple[int, int] = (900, 1200), at: tuple[int, int] = (520, 250),
+                 diameter: int = 300, seed: int = 0) -> tuple[np.ndarray, list[float]]:
+    """A textured 'desk' photo with ``head`` (a case-head close-up) pasted small and off-centre."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    canvas = cv2.GaussianBlur(rng.integers(60, 200, (h // 8, w // 8, 3), dtype=np.uint8), (3, 3), 0)
+    canvas = np.ascontiguousarray(cv2.resize(canvas, (w, h), interpolation=cv2.INTER_CUBIC))
+    if head is None:
+        return canvas, []
+    small = cv2.resize(head, (diameter, diameter), interpolation=cv2.INTER_AREA)
+    mask = np.zeros((diameter, diameter), np.uint8)
+    cv2.circle(mask, (diameter // 2, diameter // 2), diameter // 2 - 1, 255, -1)
+    x, y = at
+    roi = canvas[y:y + diameter, x:x + diameter]
+    roi[mask > 0] = small[mask > 0]
+    return canvas, [x, y, x + diameter, y + diameter]
+
+
+def test_case_heads_found_in_wider_photos_and_not_in_texture_or_plain_discs():
+    import cv2
+
+    from datasets.synth.text import generate
+    from wtivision.ocr.headstamp import find_case_heads
+    from wtivision.ops import box_iou
+
+    found = 0
+    samples = generate("headstamps", 6, seed=5)
+    for k, s in enumerate(samples):
+        photo, box = _canvas_with(s.image, at=(150 + 90 * k, 120 + 60 * k), diameter=260 + 20 * k, seed=k)
+        heads = find_case_heads(photo)
+        found += bool(heads) and box_iou([heads[0].box], [box])[0, 0] > 0.6
+    assert found >= 5, found
+    for k in range(4):  # texture only; a plain disc (a coin, a lid) has no primer ring
+        photo, _ = _canvas_with(None, seed=10 + k)
+        assert find_case_heads(photo) == []
+        cv2.circle(photo, (600, 450), 150, (40, 120, 200), -1)
+        assert find_case_heads(photo) == []
+
+
+def test_headstamp_read_on_a_case_head_in_a_wider_photo(engine):
+    from datasets.synth.text import generate
+    from wtivision.ocr import OcrStep
+    from wtivision.ops import box_iou
+    from wtivision.results import ImageFindings
+
+    step = OcrStep(engine, whole_image=True)
+    hits = 0
+    for k, s in enumerate(generate("headstamps", 4, seed=78)):
+        photo, box = _canvas_with(s.image, diameter=420, seed=k)
+        findings = ImageFindings(path=f"p{k}.jpg")
+        step(photo, findings)
+        heads = [t for t in findings.texts if t.kind == "headstamp"]
+        assert heads and box_iou([heads[0].box], [box])[0, 0] > 0.6, findings.texts
+        hits += heads[0].headstamp.factory_code == s.tokens[0]
+    assert hits >= 2, hits
+
+
+def test_edge_consistency_tells_a_concentric_ring_from_texture():
+    import cv2
+
+    from wtivision.ocr.headstamp import _edge_consistency
+
+    photo, _ = _canvas_with(None, seed=3)
+    gray = cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)
+    _, texture = _edge_consistency(gray, (600.0, 450.0), 150.0, 0.15, 0.6)
+    cv2.circle(gray, (600, 450), 150, 180, -1)
+    cv2.circle(gray, (600, 450), 60, 90, -1)  # a primer: a concentric edge at 0.4 of the radius
+    pos, ring = _edge_consistency(gray, (600.0, 450.0), 150.0, 0.15, 0.6)
+    rim_pos, rim = _edge_consistency(gray, (600.0, 450.0), 150.0, 0.75, 1.2)
+    assert ring > 0.9 and abs(pos - 0.4) < 0.03
+    assert rim > 0.9 and abs(rim_pos - 1.0) < 0.03
+    assert texture < 0.35

@@ -21,7 +21,14 @@ from ..results import ImageFindings, ModelRef, TextReading
 from ..runtime import RuntimeOptions
 from ..taxonomy import FIREARM
 from .engine import LineReading, TextDetector, TextRecognizer, crop_quad
-from .headstamp import NATO_TOKENS, find_case_head, find_nato_marks, parse_headstamp, unwrap_annulus
+from .headstamp import (
+    NATO_TOKENS,
+    find_case_head,
+    find_case_heads,
+    find_nato_marks,
+    parse_headstamp,
+    unwrap_annulus,
+)
 from .normalize import candidates, needs_review, normalise
 
 logger = logging.getLogger(__name__)
@@ -313,6 +320,7 @@ class OcrStep:
 
     name = "ocr"
     min_whole_chars = 3
+    min_head_confidence = 0.5  # headstamps read on case heads found in a wider photo
     same_object_iou = 0.5  # a detection box and a case-head circle's box this alike are the same object
 
     def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False,
@@ -350,12 +358,33 @@ class OcrStep:
         reading = None
         if circle is not None:
             reading = self.engine.read_headstamp(image, box, circle=circle)
+        elif self._read_case_heads(image, findings):
+            return  # the text in the photo was the headstamps just read
         if reading is None:  # not a case head after all, or nothing legible on the ring
             reading = self.engine.read_serial(image, box)
         # a whole photo has stray texture that reads as short "words": keep only substantial readings
         if reading is not None and reading.confidence >= 0.6 and (
                 reading.kind == "headstamp" or len(reading.text) >= self.min_whole_chars):
             findings.texts.append(reading)
+
+    def _read_case_heads(self, image: np.ndarray, findings: ImageFindings) -> bool:
+        """Read the headstamp of every case head found in a wider photo (a cartridge held in the hand,
+        standing on a bench); True if at least one was legible."""
+        h, w = image.shape[:2]
+        read = False
+        for head in find_case_heads(image):
+            pad = 0.12 * head.r
+            x0, y0 = max(0, int(head.cx - head.r - pad)), max(0, int(head.cy - head.r - pad))
+            x1, y1 = min(w, int(np.ceil(head.cx + head.r + pad))), min(h, int(np.ceil(head.cy + head.r + pad)))
+            patch = image[y0:y1, x0:x1]
+            if min(patch.shape[:2]) < 32:
+                continue
+            box = [max(0.0, head.box[0]), max(0.0, head.box[1]), min(float(w), head.box[2]), min(float(h), head.box[3])]
+            reading = self.engine.read_headstamp(patch, box, circle=(head.cx - x0, head.cy - y0, head.r))
+            if reading is not None and reading.confidence >= self.min_head_confidence:
+                findings.texts.append(reading)
+                read = True
+        return read
 
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
         from ..analyzer import crop

@@ -104,6 +104,80 @@ def find_case_head(image_bgr: np.ndarray, work_side: int = 512) -> tuple[float, 
     return float(cx) / f, float(cy) / f, float(r) / f
 
 
+def _edge_consistency(gray: np.ndarray, center: tuple[float, float], radius: float, lo: float, hi: float,
+                      n_angles: int = 120) -> tuple[float, float]:
+    """Where, between ``lo*radius`` and ``hi*radius``, the strongest radial edge lies at each of
+    ``n_angles`` angles: (median position as a fraction of ``radius``, share of angles within 0.06 of it).
+    A real circular edge (a case-head rim, a primer pocket) gives a high share; texture does not."""
+    import cv2
+
+    outer = hi * radius
+    n_rad = max(32, int(outer))
+    polar = cv2.warpPolar(gray, (n_rad, n_angles), center, outer, cv2.INTER_LINEAR + cv2.WARP_POLAR_LINEAR)
+    polar = cv2.GaussianBlur(polar.astype(np.float32), (3, 3), 0)
+    grad = np.abs(np.diff(polar, axis=1))
+    i0 = int(n_rad * lo / hi)
+    pos = (np.argmax(grad[:, i0:], axis=1) + i0 + 0.5) / n_rad * hi
+    med = float(np.median(pos))
+    return med, float(np.mean(np.abs(pos - med) < 0.06))
+
+
+@dataclass(frozen=True)
+class CaseHeadCircle:
+    """A case head found in a wider photo: centre and rim radius in the photo's pixels, and the share of
+    angles at which the rim and the primer pocket show as consistent circular edges."""
+
+    cx: float
+    cy: float
+    r: float
+    rim_support: float
+    primer_support: float
+    primer_ratio: float
+
+    @property
+    def box(self) -> list[float]:
+        return [self.cx - self.r, self.cy - self.r, self.cx + self.r, self.cy + self.r]
+
+
+def find_case_heads(image_bgr: np.ndarray, work_side: int = 640, min_radius: float = 0.04,
+                    max_radius: float = 0.45, candidates: int = 10, min_rim: float = 0.5,
+                    min_primer: float = 0.35, max_heads: int = 4) -> list[CaseHeadCircle]:
+    """Case heads seen end-on anywhere in a photo (a cartridge held in the hand or standing on a bench),
+    for photos where no detector boxes them.
+
+    Hough proposes circles of ``min_radius``..``max_radius`` of the photo's short side (on a copy
+    ``work_side`` px long); a proposal is kept only if it looks like a case head: a circular edge all round
+    at its radius (the rim) AND a second one concentric inside it, at 0.15..0.6 of the radius (the primer
+    pocket). Texture, fingers and most round things fail the second test. Concentric duplicates are
+    dropped; the best-supported heads come first.
+    """
+    import cv2
+
+    h, w = image_bgr.shape[:2]
+    f = min(1.0, work_side / max(h, w))
+    small = cv2.resize(image_bgr, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_AREA) \
+        if f < 1.0 else image_bgr
+    gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+    s = min(gray.shape)
+    circles = cv2.HoughCircles(cv2.medianBlur(gray, 5), cv2.HOUGH_GRADIENT, dp=1.5, minDist=s / 10, param1=120,
+                               param2=40, minRadius=max(4, int(s * min_radius)), maxRadius=int(s * max_radius))
+    if circles is None:
+        return []
+    found = []
+    for cx, cy, r in circles[0][:candidates]:
+        rim, rim_support = _edge_consistency(gray, (float(cx), float(cy)), float(r), 0.75, 1.2)
+        primer, primer_support = _edge_consistency(gray, (float(cx), float(cy)), float(r), 0.15, 0.6)
+        if rim_support >= min_rim and primer_support >= min_primer:
+            found.append(CaseHeadCircle(float(cx) / f, float(cy) / f, float(r) * rim / f, round(rim_support, 3),
+                                        round(primer_support, 3), round(primer / rim, 3)))
+    found.sort(key=lambda c: -(c.rim_support + c.primer_support))
+    kept: list[CaseHeadCircle] = []
+    for c in found:  # a primer or a rim found again as its own "head": keep the better-supported one
+        if all(np.hypot(c.cx - k.cx, c.cy - k.cy) > max(c.r, k.r) for k in kept):
+            kept.append(c)
+    return kept[:max_heads]
+
+
 def unwrap_annulus(image_bgr: np.ndarray, center: tuple[float, float], radius: float,
                    inner: float = 0.38, outer: float = 0.97, start_deg: float = 0.0) -> np.ndarray:
     """Unwrap the ring between ``inner*radius`` and ``outer*radius`` into a horizontal strip.
