@@ -23,6 +23,7 @@ Recipe (yaml; relative paths are relative to the recipe file)::
         n: 400
         seed: 1
         size: 640
+        text_objects: true       # marking / case_head from the stamped-text generator
         licence: AGPL-3.0-or-later
         origin: datasets/synth/scenes.py
 
@@ -224,7 +225,8 @@ def _source_items(src: dict[str, Any], out: Path) -> tuple[Iterator[Item], Path]
         root = out / "_sources" / src["name"]
         if root.exists():
             shutil.rmtree(root)
-        write_scenes(root, int(src.get("n", 100)), int(src.get("seed", 0)), int(src.get("size", 640)))
+        write_scenes(root, int(src.get("n", 100)), int(src.get("seed", 0)), int(src.get("size", 640)),
+                     text_objects=bool(src.get("text_objects", False)))
         return read_yolo(root), root
     if fmt not in READERS:
         raise ValueError(f"source {src['name']!r}: unknown format {fmt!r}; known: {', '.join(READERS)}, scenes")

@@ -196,6 +196,12 @@ def test_recipe_with_scenes_source(tmp_path):
     assert rep["images"] == 12 and sum(rep["images_per_split"].values()) == 12
     assert {r["kind"] for r in read_manifest(tmp_path / "ds")} == {"synthetic"}
     assert "test: images/test" in (tmp_path / "ds" / "data.yaml").read_text()
+    # text_objects: markings and case heads from the stamped-text generator reach the built dataset
+    recipe_path.write_text("name: t\nseed: 0\nsources:\n  - {name: gen, format: scenes, n: 40, seed: 6, size: 160,"
+                           " text_objects: true, licence: AGPL-3.0-or-later, origin: scenes.py}\n")
+    rep = build(load_recipe(recipe_path), tmp_path / "ds2")
+    stats = json.loads((tmp_path / "ds2" / "stats.json").read_text())
+    assert "marking" in json.dumps(stats), stats
 
 
 def test_scenes_deterministic_with_exact_boxes(tmp_path):
@@ -215,3 +221,29 @@ def test_scenes_deterministic_with_exact_boxes(tmp_path):
     assert bank.crops
     img, boxes = scene(np.random.default_rng(1), 160, cutouts=bank, p_cutout=1.0)
     assert boxes and all(lab in bank.crops for lab, *_ in boxes)
+
+
+def test_scenes_with_text_objects_box_the_stamped_text(tmp_path):
+    from datasets.synth.scenes import scene, text_object, write
+
+    rng = np.random.default_rng(4)
+    tile, mask = text_object("marking", 120, rng)
+    assert max(tile.shape[:2]) == 120 and tile.shape[:2] == mask.shape and (mask == 255).all()
+    tile, mask = text_object("case_head", 90, rng)
+    h, w = mask.shape
+    assert tile.shape[:2] == mask.shape and max(h, w) == 90 and min(h, w) > 80  # about square (perspective)
+    assert mask[h // 2, w // 2] == 255 and mask[0, 0] == 0  # the disc, not its corners
+    with pytest.raises(ValueError, match="no text object"):
+        text_object("pistol", 50, rng)
+    seen = set()
+    for k in range(12):
+        img, boxes = scene(np.random.default_rng(k), 320, classes=("marking", "case_head"), text_objects=True)
+        for lab, x1, y1, x2, y2 in boxes:
+            seen.add(lab)
+            assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 320
+            # a marking is a line of characters (wide), a case head a disc (about square)
+            aspect = (x2 - x1) / (y2 - y1)
+            assert aspect > 1.5 if lab == "marking" else 0.8 < aspect < 1.25, (lab, aspect)
+    assert seen == {"marking", "case_head"}
+    out = write(tmp_path / "s", 4, seed=2, size=256, text_objects=True)
+    assert (out / "preview.jpg").is_file() and len(list((out / "labels" / "train").glob("*.txt"))) == 4

@@ -1,12 +1,14 @@
 """Synthetic object scenes: objects composited onto field-like backgrounds with exact boxes.
 
-    python -m datasets.synth.scenes --n 200 --seed 1 --out DIR [--size 640] [--objects YOLO_DIR]
+    python -m datasets.synth.scenes --n 200 --seed 1 --out DIR [--size 640] [--objects YOLO_DIR] [--text-objects]
 
 For classes without real photos, and for the toolchain's end-to-end tests. Objects are either drawn
 procedurally (pistol and rifle silhouettes, cartridges, case heads, magazines, grenades, landmines,
 batteries, phones, circuit boards, wires, boxes for the other classes) or, with ``--objects``, cut out
 of labelled photos (a YOLO-layout folder whose ``data.yaml`` names are taxonomy labels) and pasted with
-feathered edges. Backgrounds are procedural textures: soil, concrete, table (wood grain), cloth.
+feathered edges. With ``--text-objects``, ``marking`` (a stamped serial on a metal patch) and ``case_head``
+(a headstamped case head) come from the stamped-text generator ``datasets.synth.text``.
+Backgrounds are procedural textures: soil, concrete, table (wood grain), cloth.
 Objects may overlap a little but never hide more than a third of an earlier one. Writes the YOLO layout
 (``images/train``, ``labels/train``, ``data.yaml`` over the full taxonomy) and ``preview.jpg`` (a 4x4
 grid with the boxes drawn). Same seed, same data.
@@ -105,6 +107,39 @@ def draw_object(label: str, size: int, rng: np.random.Generator) -> tuple[np.nda
     return tile, m
 
 
+def text_object(label: str, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A (BGR, alpha mask) tile of a ``marking`` (a stamped serial on a metal patch, from
+    ``datasets.synth.text``) or a ``case_head`` (a headstamped case head seen end-on), ``size`` px on its
+    longer side. The mask covers the labelled region only: the text for a marking, the disc for a head."""
+    from datasets.synth.text import headstamp_sample, serial_sample
+
+    if label == "marking":
+        sample = serial_sample(rng)
+        img = sample.image
+        x0, y0, x1, y1 = (int(round(v)) for v in sample.box)
+        m = max(2, int(0.15 * (y1 - y0)))  # a little metal round the characters
+        x0, y0 = max(0, x0 - m), max(0, y0 - m)
+        x1, y1 = min(img.shape[1], x1 + m), min(img.shape[0], y1 + m)
+        tile = img[y0:y1, x0:x1]
+        mask = np.full(tile.shape[:2], 255, np.uint8)
+    elif label == "case_head":
+        sample = headstamp_sample(rng, size=max(64, size))
+        x0, y0, x1, y1 = (int(round(v)) for v in sample.box)
+        h, w = sample.image.shape[:2]
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        tile = sample.image[y0:y1, x0:x1]
+        mask = np.zeros(tile.shape[:2], np.uint8)
+        cv2.ellipse(mask, (tile.shape[1] // 2, tile.shape[0] // 2), (tile.shape[1] // 2 - 1, tile.shape[0] // 2 - 1),
+                    0, 0, 360, 255, -1)
+    else:
+        raise ValueError(f"no text object for {label!r}; text objects: {TEXT_OBJECTS}")
+    r = size / max(tile.shape[:2])
+    wh = (max(2, int(tile.shape[1] * r)), max(2, int(tile.shape[0] * r)))
+    return (cv2.resize(np.ascontiguousarray(tile), wh, interpolation=cv2.INTER_AREA),
+            cv2.resize(mask, wh, interpolation=cv2.INTER_NEAREST))
+
+
+TEXT_OBJECTS = ("marking", "case_head")
 SCENE_CLASSES = ("pistol", "rifle", "cartridge", "case_head", "magazine", "grenade", "landmine_uxo", "battery",
                  "wire", "mobile_phone", "circuit_board")
 MAX_HIDDEN = 1 / 3  # a later object may cover at most this fraction of an earlier object's box
@@ -170,8 +205,13 @@ def _paste(img: np.ndarray, tile: np.ndarray, mask: np.ndarray, x0: int, y0: int
 
 
 def scene(rng: np.random.Generator, size: int = 640, classes: tuple[str, ...] = SCENE_CLASSES,
-          cutouts: CutoutBank | None = None, p_cutout: float = 0.5) -> tuple[np.ndarray, list]:
-    """One BGR scene and its boxes ``[(label, x1, y1, x2, y2), ...]`` in pixels."""
+          cutouts: CutoutBank | None = None, p_cutout: float = 0.5,
+          text_objects: bool = False) -> tuple[np.ndarray, list]:
+    """One BGR scene and its boxes ``[(label, x1, y1, x2, y2), ...]`` in pixels. With ``text_objects``,
+    ``marking`` and ``case_head`` are drawn by the stamped-text generator (real characters, real layout)
+    instead of as plain shapes, and ``marking`` joins the classes drawn."""
+    if text_objects and "marking" not in classes:
+        classes = (*classes, "marking")
     img = background(size, size, str(rng.choice(BACKGROUNDS)), rng)
     boxes: list[tuple[str, float, float, float, float]] = []
     cut_classes = tuple(c for c in (cutouts.crops if cutouts else {}) if c in DETECTOR_CLASSES)
@@ -182,9 +222,13 @@ def scene(rng: np.random.Generator, size: int = 640, classes: tuple[str, ...] = 
             tile, mask = cutouts.sample(label, s, rng)  # type: ignore[union-attr]
         else:
             label = str(rng.choice(classes))
-            tile, mask = draw_object(label, s, rng)
-            M = cv2.getRotationMatrix2D((s / 2, s / 2), float(rng.uniform(-40, 40)), 1.0)
-            tile, mask = cv2.warpAffine(tile, M, (s, s)), cv2.warpAffine(mask, M, (s, s))
+            if text_objects and label in TEXT_OBJECTS:
+                # stamped text is photographed roughly upright (no rotation)
+                tile, mask = text_object(label, max(32, s), rng)
+            else:
+                tile, mask = draw_object(label, s, rng)
+                M = cv2.getRotationMatrix2D((s / 2, s / 2), float(rng.uniform(-40, 40)), 1.0)
+                tile, mask = cv2.warpAffine(tile, M, (s, s)), cv2.warpAffine(mask, M, (s, s))
         ys, xs = np.nonzero(mask > 127)
         if len(xs) == 0:
             continue
@@ -222,7 +266,7 @@ def draw_boxes(img: np.ndarray, boxes: list) -> np.ndarray:
 
 
 def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train",
-          cutouts: CutoutBank | None = None) -> Path:
+          cutouts: CutoutBank | None = None, text_objects: bool = False) -> Path:
     """Write ``n`` scenes as a YOLO-layout folder (with ``data.yaml`` and ``preview.jpg``); return ``out``."""
     out = Path(out)
     rng = np.random.default_rng(seed)
@@ -231,7 +275,7 @@ def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train",
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     previews = []
     for i in range(n):
-        img, boxes = scene(rng, size, cutouts=cutouts)
+        img, boxes = scene(rng, size, cutouts=cutouts, text_objects=text_objects)
         name = f"scene_{seed}_{i:05d}"
         cv2.imwrite(str(out / "images" / split / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         (out / "labels" / split / f"{name}.txt").write_text("".join(
@@ -254,11 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--objects", type=Path, help="YOLO-layout folder of labelled photos to cut objects from")
+    ap.add_argument("--text-objects", action="store_true",
+                    help="draw marking / case_head with the stamped-text generator (datasets.synth.text)")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     bank = CutoutBank.from_yolo(a.objects) if a.objects else None
-    print(write(a.out, a.n, a.seed, a.size, cutouts=bank))
+    print(write(a.out, a.n, a.seed, a.size, cutouts=bank, text_objects=a.text_objects))
     return 0
 
 
