@@ -9,6 +9,8 @@ Recipe (yaml; relative paths are relative to the recipe file)::
     seed: 0
     split: {train: 0.8, val: 0.1, test: 0.1}
     phash_distance: 6            # near-duplicate threshold (Hamming distance of 64-bit imagehash.phash)
+    keep_splits: ../../runs/data/detector-v1/manifest.csv   # optional: images (and their near-duplicates)
+                                 # listed there keep that split; only new images are drawn
     sources:
       - name: granada-pistols
         format: voc              # yolo | coco | voc | csv | scenes
@@ -24,6 +26,7 @@ Recipe (yaml; relative paths are relative to the recipe file)::
         seed: 1
         size: 640
         text_objects: true       # marking / case_head from the stamped-text generator
+        classes: [marking, case_head]   # only these objects (default: every class scenes.py draws)
         licence: AGPL-3.0-or-later
         origin: datasets/synth/scenes.py
 
@@ -174,12 +177,23 @@ def group_duplicates(records: list[Record], max_distance: int) -> None:
         r.group = find(i)
 
 
-def assign_splits(records: list[Record], fractions: dict[str, float], seed: int) -> None:
-    """Stratified split by each group's rarest label; a duplicate group never straddles two splits."""
+def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
+                  fixed: dict[str, str] | None = None) -> None:
+    """Stratified split by each group's rarest label; a duplicate group never straddles two splits.
+
+    ``fixed`` (SHA-256 -> split, e.g. from an earlier build's manifest) pins those images, and every
+    near-duplicate of them, to their earlier split; only the other images are drawn."""
     groups: dict[int, list[Record]] = defaultdict(list)
     for r in records:
         groups[r.group].append(r)
-    freq = Counter(lab for r in records for lab in r.labels)
+    if fixed:
+        for g in list(groups):
+            pinned = [fixed[r.sha256] for r in groups[g] if r.sha256 in fixed]
+            if pinned:  # an earlier test image stays in test even if a copy of it was in train then
+                split = "test" if "test" in pinned else "val" if "val" in pinned else pinned[0]
+                for r in groups.pop(g):
+                    r.split = split
+    freq = Counter(lab for rs in groups.values() for r in rs for lab in r.labels)
     strata: dict[str, list[int]] = defaultdict(list)
     for g, rs in groups.items():
         labels = {lab for r in rs for lab in r.labels} or {"_background"}
@@ -226,7 +240,8 @@ def _source_items(src: dict[str, Any], out: Path) -> tuple[Iterator[Item], Path]
         if root.exists():
             shutil.rmtree(root)
         write_scenes(root, int(src.get("n", 100)), int(src.get("seed", 0)), int(src.get("size", 640)),
-                     text_objects=bool(src.get("text_objects", False)))
+                     text_objects=bool(src.get("text_objects", False)),
+                     classes=tuple(src["classes"]) if src.get("classes") else None)
         return read_yolo(root), root
     if fmt not in READERS:
         raise ValueError(f"source {src['name']!r}: unknown format {fmt!r}; known: {', '.join(READERS)}, scenes")
@@ -379,7 +394,18 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     problems += dup_problems
     dist = int(recipe.get("phash_distance", 6))
     group_duplicates(records, dist)
-    assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)))
+    fixed = None
+    if recipe.get("keep_splits"):
+        keep = Path(recipe["keep_splits"])
+        if not keep.is_absolute():
+            keep = Path(recipe.get("_base", ".")) / keep
+        if not keep.is_file():
+            raise FileNotFoundError(f"keep_splits: no manifest at {keep}")
+        with keep.open(newline="", encoding="utf-8") as fh:
+            fixed = {row["sha256"]: row["split"] for row in csv.DictReader(fh)}
+        logger.info("keeping the splits of %d images from %s", len(fixed), keep)
+    assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)),
+                  fixed)
     rows = write(records, out)
     stats = statistics(rows)
     (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")

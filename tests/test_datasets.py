@@ -198,10 +198,11 @@ def test_recipe_with_scenes_source(tmp_path):
     assert "test: images/test" in (tmp_path / "ds" / "data.yaml").read_text()
     # text_objects: markings and case heads from the stamped-text generator reach the built dataset
     recipe_path.write_text("name: t\nseed: 0\nsources:\n  - {name: gen, format: scenes, n: 40, seed: 6, size: 160,"
-                           " text_objects: true, licence: AGPL-3.0-or-later, origin: scenes.py}\n")
+                           " text_objects: true, classes: [marking, case_head], licence: AGPL-3.0-or-later,"
+                           " origin: scenes.py}\n")
     rep = build(load_recipe(recipe_path), tmp_path / "ds2")
     stats = json.loads((tmp_path / "ds2" / "stats.json").read_text())
-    assert "marking" in json.dumps(stats), stats
+    assert set(stats["classes"]) == {"marking", "case_head"}, stats
 
 
 def test_scenes_deterministic_with_exact_boxes(tmp_path):
@@ -247,3 +248,32 @@ def test_scenes_with_text_objects_box_the_stamped_text(tmp_path):
     assert seen == {"marking", "case_head"}
     out = write(tmp_path / "s", 4, seed=2, size=256, text_objects=True)
     assert (out / "preview.jpg").is_file() and len(list((out / "labels" / "train").glob("*.txt"))) == 4
+
+
+def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path):
+    first = tmp_path / "r1.yaml"
+    head = "seed: 0\nsplit: {train: 0.6, val: 0.2, test: 0.2}\n"
+    first.write_text("name: a\n" + head + "sources:\n  - {name: a, format: scenes, n: 30, seed: 8, size: 96,"
+                     " licence: AGPL-3.0-or-later, origin: scenes.py}\n")
+    build(load_recipe(first), tmp_path / "v1")
+    before = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "v1")}
+    assert set(before.values()) >= {"train", "test"}
+    # the same source plus a new one whose strata come first: without keep_splits the draws would move
+    second = tmp_path / "r2.yaml"
+    sources = ("  - {name: a, format: scenes, n: 30, seed: 8, size: 96, licence: AGPL-3.0-or-later, origin: s}\n"
+               "  - {name: b, format: scenes, n: 20, seed: 9, size: 96, text_objects: true,"
+               " classes: [case_head, marking], licence: AGPL-3.0-or-later, origin: s}\n")
+    second.write_text("name: b\n" + head + "keep_splits: v1/manifest.csv\nsources:\n" + sources)
+    build(load_recipe(second), tmp_path / "v2")
+    after = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "v2")}
+    assert all(after[h] == s for h, s in before.items())
+    assert len(after) == len(before) + 20
+    unpinned = tmp_path / "r3.yaml"
+    unpinned.write_text("name: c\n" + head + "sources:\n" + sources)
+    build(load_recipe(unpinned), tmp_path / "v3")
+    moved = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "v3")}
+    assert any(moved[h] != s for h, s in before.items())  # what keep_splits prevents
+    missing = tmp_path / "r4.yaml"
+    missing.write_text("name: d\nseed: 0\nkeep_splits: nowhere.csv\nsources:\n" + sources)
+    with pytest.raises(FileNotFoundError, match="keep_splits"):
+        build(load_recipe(missing), tmp_path / "v4")

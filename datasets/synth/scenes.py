@@ -266,8 +266,13 @@ def draw_boxes(img: np.ndarray, boxes: list) -> np.ndarray:
 
 
 def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train",
-          cutouts: CutoutBank | None = None, text_objects: bool = False) -> Path:
-    """Write ``n`` scenes as a YOLO-layout folder (with ``data.yaml`` and ``preview.jpg``); return ``out``."""
+          cutouts: CutoutBank | None = None, text_objects: bool = False,
+          classes: tuple[str, ...] | None = None) -> Path:
+    """Write ``n`` scenes as a YOLO-layout folder (with ``data.yaml`` and ``preview.jpg``); return ``out``.
+    ``classes`` limits the drawn objects (default ``SCENE_CLASSES``)."""
+    unknown = sorted(set(classes or ()) - set(DETECTOR_CLASSES))
+    if unknown:
+        raise ValueError(f"unknown scene classes {unknown}; known: {DETECTOR_CLASSES}")
     out = Path(out)
     rng = np.random.default_rng(seed)
     index = {c: i for i, c in enumerate(DETECTOR_CLASSES)}
@@ -275,7 +280,7 @@ def write(out: Path, n: int, seed: int, size: int = 640, split: str = "train",
     (out / "labels" / split).mkdir(parents=True, exist_ok=True)
     previews = []
     for i in range(n):
-        img, boxes = scene(rng, size, cutouts=cutouts, text_objects=text_objects)
+        img, boxes = scene(rng, size, classes or SCENE_CLASSES, cutouts=cutouts, text_objects=text_objects)
         name = f"scene_{seed}_{i:05d}"
         cv2.imwrite(str(out / "images" / split / f"{name}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         (out / "labels" / split / f"{name}.txt").write_text("".join(
