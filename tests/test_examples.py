@@ -9,10 +9,12 @@ from tests.conftest import REPO
 from wtivision.scan import scan
 from wtivision.schema import results_schema
 
-#: Real firearm photos in examples/ (7) that must get a firearm box from the shipped detector (6 measured).
-MIN_FIREARM_PHOTOS_FOUND = 6
-#: Synthetic close-ups (6) on which the detector may draw a box (1 measured: a case head taken for a handgun).
-MAX_CLOSE_UP_FALSE_ALARMS = 1
+#: Real firearm photos in examples/ (7) that must get a firearm box from the shipped detector
+#: (detector v1.1: 7 measured; v1 found 6).
+MIN_FIREARM_PHOTOS_FOUND = 7
+#: Synthetic close-ups (6) on which the detector may draw a box (detector v1.1: 2 measured, both case heads
+#: taken for a handgun; v1: 1). No detector so far was trained on case heads.
+MAX_CLOSE_UP_FALSE_ALARMS = 2
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_examples_firearms_are_detected(scanned):
                       if isinstance(v, dict) and any(family_of(lab) == FIREARM for lab in v["objects"])]
     found = [k for k in firearm_photos if any(d["family"] == FIREARM for d in rows[k]["detections"])]
     assert len(found) >= MIN_FIREARM_PHOTOS_FOUND, (found, firearm_photos)
-    # detector v1 never saw a case head: it boxes one of the three synthetic case heads as a handgun
+    # detector v1.1 never saw a case head: it boxes two of the three synthetic case heads as a handgun
     # (a revolver cylinder seen end-on looks alike). Bound the false alarms on close-ups at what was measured.
     close_ups = [k for k in expected if k.startswith("synthetic_")]
     false_alarms = [k for k in close_ups if rows[k]["detections"]]
