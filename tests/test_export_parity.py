@@ -67,3 +67,15 @@ def test_agreements():
                                                "conf_0.1": 1.0, "fp32_detections_conf_0.1": 0}})
     assert int8_good_enough({"agreement": {"conf_0.25": 0.99, "fp32_detections_conf_0.25": 100,
                                            "conf_0.1": 0.985, "fp32_detections_conf_0.1": 200}})
+
+
+def test_sample_images_top_up_only_when_asked(tmp_path):
+    from conftest import write_photo
+
+    from export.onnx import sample_images
+
+    for i in range(3):
+        write_photo(tmp_path / f"{i}.jpg", 64, 48, seed=i)
+    assert len(sample_images(tmp_path, 10, top_up=False)) == 3  # the int8 check uses real images only
+    assert len(sample_images(tmp_path, 10, fallback_size=64)) == 10  # parity/calibration: topped up with scenes
+    assert len(sample_images(tmp_path, 2, top_up=False)) == 2
