@@ -37,16 +37,22 @@ class Step(Protocol):
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None: ...
 
 
-def crop(image: np.ndarray, box: list[float], margin: float = 0.05) -> np.ndarray:
-    """Crop ``box`` (xyxy) from ``image`` with a relative margin, clipped to the image."""
+def crop_with_origin(image: np.ndarray, box: list[float], margin: float = 0.05) -> tuple[np.ndarray, tuple[int, int]]:
+    """Crop ``box`` (xyxy) from ``image`` with a relative margin, clipped to the image; also return the
+    crop's top-left corner in the image."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = box
     mx, my = (x2 - x1) * margin, (y2 - y1) * margin
     xa, ya = max(0, int(np.floor(x1 - mx))), max(0, int(np.floor(y1 - my)))
     xb, yb = min(w, int(np.ceil(x2 + mx))), min(h, int(np.ceil(y2 + my)))
     if xb <= xa or yb <= ya:
-        return image[0:0, 0:0]
-    return image[ya:yb, xa:xb]
+        return image[0:0, 0:0], (xa, ya)
+    return image[ya:yb, xa:xb], (xa, ya)
+
+
+def crop(image: np.ndarray, box: list[float], margin: float = 0.05) -> np.ndarray:
+    """Crop ``box`` (xyxy) from ``image`` with a relative margin, clipped to the image."""
+    return crop_with_origin(image, box, margin)[0]
 
 
 class DetectStep:

@@ -49,12 +49,11 @@ def _config(args):
     )
 
 
-def cmd_scan(args) -> int:
+def _progress_bar(quiet: bool):
+    """A tqdm bar over photos and the ``progress(done, total)`` callback the library calls."""
     from tqdm import tqdm
 
-    from .scan import scan
-
-    bar = tqdm(total=0, unit="photo", dynamic_ncols=True, disable=args.quiet)
+    bar = tqdm(total=0, unit="photo", dynamic_ncols=True, disable=quiet)
 
     def progress(done: int, total: int) -> None:
         if bar.total != total:
@@ -62,6 +61,13 @@ def cmd_scan(args) -> int:
             bar.refresh()
         bar.update(done - bar.n)
 
+    return bar, progress
+
+
+def cmd_scan(args) -> int:
+    from .scan import scan
+
+    bar, progress = _progress_bar(args.quiet)
     try:
         s = scan(args.dir, args.out, _config(args), workers=args.workers, all_files=args.all_files,
                  progress=progress)
@@ -162,8 +168,6 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
 
-    from tqdm import tqdm
-
     from .evaluate import evaluate_detector
     from .registry import Registry
     from .runtime import RuntimeOptions, YoloDetector
@@ -175,12 +179,7 @@ def cmd_evaluate(args) -> int:
         return 2
     det = YoloDetector(spec, reg, RuntimeOptions(intra_threads=args.threads), conf_threshold=args.min_conf,
                        iou_threshold=args.iou)
-    bar = tqdm(total=0, unit="photo", dynamic_ncols=True, disable=args.quiet)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
+    bar, progress = _progress_bar(args.quiet)
     try:
         ev = evaluate_detector(det, args.dataset, args.split, operating_conf=args.conf, progress=progress)
     finally:

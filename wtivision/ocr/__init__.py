@@ -321,6 +321,7 @@ class OcrStep:
     name = "ocr"
     min_whole_chars = 3
     min_head_confidence = 0.5  # headstamps read on case heads found in a wider photo
+    head_margin = 0.06  # of the head's box (0.12 of its radius) kept round it
     same_object_iou = 0.5  # a detection box and a case-head circle's box this alike are the same object
 
     def __init__(self, engine: OcrEngine, margin: float = 0.08, whole_image: bool = False,
@@ -370,13 +371,12 @@ class OcrStep:
     def _read_case_heads(self, image: np.ndarray, findings: ImageFindings) -> bool:
         """Read the headstamp of every case head found in a wider photo (a cartridge held in the hand,
         standing on a bench); True if at least one was legible."""
+        from ..analyzer import crop_with_origin
+
         h, w = image.shape[:2]
         read = False
         for head in find_case_heads(image):
-            pad = 0.12 * head.r
-            x0, y0 = max(0, int(head.cx - head.r - pad)), max(0, int(head.cy - head.r - pad))
-            x1, y1 = min(w, int(np.ceil(head.cx + head.r + pad))), min(h, int(np.ceil(head.cy + head.r + pad)))
-            patch = image[y0:y1, x0:x1]
+            patch, (x0, y0) = crop_with_origin(image, head.box, self.head_margin)
             if min(patch.shape[:2]) < 32:
                 continue
             box = [max(0.0, head.box[0]), max(0.0, head.box[1]), min(float(w), head.box[2]), min(float(h), head.box[3])]
