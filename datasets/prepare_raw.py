@@ -3,8 +3,8 @@
     python -m datasets.prepare_raw --git-dir /work/.mirror/owner+repo/repo --source NAME \
         [--commit SHA] [--prefix sub/dir/] [--max N] [--seed 0] [--names a,b] [--licence L] [--origin O]
 
-Reads only the local git directory (no network). For each image under ``<prefix>{train,valid,val,test}/images``
-with its ``labels/*.txt``:
+Reads only the local git directory (no network). For each image under ``<prefix>{train,valid,val,test}/images`` (or
+``<prefix>images`` for a set without split folders) with its ``labels/*.txt``:
 
 - Roboflow exports hold up to three augmented copies of a source image (``name_jpg.rf.<hash>.jpg``); only
   one copy per source image is kept (the one from valid/test when there is one, those are unaugmented,
@@ -14,7 +14,8 @@ with its ``labels/*.txt``:
 - ``--max`` keeps a seeded random subset (recorded in ``PROVENANCE.json``).
 
 Output: ``images/*.jpg``, ``labels/*.txt``, ``data.yaml`` (names) and ``PROVENANCE.json`` (repo, commit,
-licence, original path of every kept image, counts). ``datasets.build`` then imports the folder as a
+licence, original path of every kept image, counts, images that could not be decoded and why: they are left
+out, not fatal). ``datasets.build`` then imports the folder as a
 ``yolo`` source; its own split ignores the source's split.
 """
 
@@ -25,11 +26,13 @@ import io
 import json
 import random
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
 MAX_SIDE = 640
-SPLIT_DIRS = ("valid", "val", "test", "train")  # preference order when choosing one augmented copy
+SPLIT_DIRS = ("valid", "val", "test", "train", "")  # preference order when choosing one augmented copy;
+# "" is a set with no split folders (``<prefix>images/`` beside ``<prefix>labels/``)
 RF_SUFFIX = re.compile(r"\.rf\.[0-9a-f]+(?=\.[A-Za-z]+$)")
 
 
@@ -79,15 +82,19 @@ def main(argv: list[str] | None = None) -> None:
     chosen: dict[str, str] = {}
     for split in SPLIT_DIRS:
         for f in sorted(files):
-            if f.startswith(f"{a.prefix}{split}/images/") and f.lower().endswith((".jpg", ".jpeg", ".png")):
+            folder = f"{a.prefix}{split}/images/" if split else f"{a.prefix}images/"
+            if f.startswith(folder) and f.lower().endswith((".jpg", ".jpeg", ".png")):
                 chosen.setdefault(base_name(f), f)
     keys = sorted(chosen)
     if a.max and len(keys) > a.max:
         keys = sorted(random.Random(a.seed).sample(keys, a.max))
     out = a.out / a.source
+    for d in ("images", "labels"):  # a re-run must not keep files of an earlier, different run
+        shutil.rmtree(out / d, ignore_errors=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
     kept, boxes, empty = {}, 0, 0
+    unreadable: dict[str, str] = {}
     for i, key in enumerate(keys):
         src = chosen[key]
         lab = re.sub(r"\.[A-Za-z]+$", ".txt", src.replace("/images/", "/labels/", 1))
@@ -96,7 +103,15 @@ def main(argv: list[str] | None = None) -> None:
         except subprocess.CalledProcessError:
             text = ""
         stem = f"{a.source}-{i:05d}"
-        (out / "images" / f"{stem}.jpg").write_bytes(downscale_jpeg(git(a.git_dir, "show", f"{commit}:{src}")))
+        try:
+            jpeg = downscale_jpeg(git(a.git_dir, "show", f"{commit}:{src}"))
+        except subprocess.CalledProcessError:  # e.g. a large file a snapshot left out
+            unreadable[src] = "not in the git snapshot (git show failed)"
+            continue
+        except (OSError, ValueError) as exc:  # corrupt or not an image
+            unreadable[src] = f"{type(exc).__name__}: {exc}"
+            continue
+        (out / "images" / f"{stem}.jpg").write_bytes(jpeg)
         (out / "labels" / f"{stem}.txt").write_text(text, encoding="utf-8")
         n = sum(1 for line in text.splitlines() if line.strip())
         boxes += n
@@ -105,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "data.yaml").write_text(yaml.safe_dump({"names": list(names)}), encoding="utf-8")
     prov = {"source": a.source, "git_dir": str(a.git_dir), "commit": commit, "origin": a.origin, "licence": a.licence,
             "unique_source_images": len(chosen), "kept": len(kept), "boxes": boxes, "images_without_boxes": empty,
-            "max": a.max, "seed": a.seed, "names": list(names), "files": kept}
+            "max": a.max, "seed": a.seed, "names": list(names), "unreadable": unreadable, "files": kept}
     (out / "PROVENANCE.json").write_text(json.dumps(prov, indent=1), encoding="utf-8")
     print(json.dumps({k: v for k, v in prov.items() if k != "files"}))
 

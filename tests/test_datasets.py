@@ -277,3 +277,42 @@ def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path):
     missing.write_text("name: d\nseed: 0\nkeep_splits: nowhere.csv\nsources:\n" + sources)
     with pytest.raises(FileNotFoundError, match="keep_splits"):
         build(load_recipe(missing), tmp_path / "v4")
+
+
+def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path):
+    """A set without split folders (``images/`` + ``labels/``) is read from git; a large photo is downscaled to
+    640 px with its normalised boxes unchanged; a file that is not an image is listed, not fatal."""
+    import subprocess
+
+    from datasets import prepare_raw
+
+    work = tmp_path / "src"
+    _img(work / "set" / "images" / "big.jpg", w=1600, h=1200, seed=1)
+    _img(work / "set" / "images" / "small.jpg", w=320, h=240, seed=2)
+    (work / "set" / "images" / "broken.jpg").write_bytes(b"not a jpeg at all")
+    (work / "set" / "labels").mkdir(parents=True)
+    (work / "set" / "labels" / "big.txt").write_text("0 0.5 0.5 0.25 0.5\n")
+    (work / "set" / "labels" / "small.txt").write_text("")
+    (work / "set" / "labels" / "broken.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    (work / "set" / "data.yaml").write_text("names: ['Phone', 'mouse']\n")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "set"]):
+        subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
+    out = tmp_path / "raw"
+    (out / "phones" / "images").mkdir(parents=True)
+    (out / "phones" / "images" / "stale.jpg").write_bytes(b"from an earlier run")
+
+    prepare_raw.main(["--git-dir", str(work / ".git"), "--source", "phones", "--prefix", "set/", "--out", str(out)])
+
+    prov = json.loads((out / "phones" / "PROVENANCE.json").read_text())
+    assert prov["names"] == ["Phone", "mouse"]
+    assert (prov["unique_source_images"], prov["kept"], prov["boxes"], prov["images_without_boxes"]) == (3, 2, 1, 1)
+    assert list(prov["unreadable"]) == ["set/images/broken.jpg"]
+    assert sorted(prov["files"].values()) == ["set/images/big.jpg", "set/images/small.jpg"]
+    images = sorted(p.name for p in (out / "phones" / "images").iterdir())
+    assert "stale.jpg" not in images and len(images) == 2
+    big = next(k for k, v in prov["files"].items() if v.endswith("big.jpg"))
+    im = cv2.imread(str(out / "phones" / "images" / f"{big}.jpg"))
+    assert im.shape[:2] == (480, 640)
+    assert (out / "phones" / "labels" / f"{big}.txt").read_text() == "0 0.5 0.5 0.25 0.5\n"
