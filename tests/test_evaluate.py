@@ -113,3 +113,17 @@ def test_evaluate_cli_writes_json(labelled, tiny_models_dir, tmp_path, capsys):
     assert "mAP50 0.667" in text and "skipped images/test/c empty.jpg" in text
     assert json.loads(out.read_text())["classes"][0]["name"] == "pistol"
     assert main(["evaluate", str(labelled), "--split", "val", "--models-dir", str(tiny_models_dir)]) == 2
+
+
+def test_case_head_localisation_counts_each_head_once():
+    from benchmarks.headstamps_real import PHOTOS, case_head_boxes, localisation
+
+    truth = {"a.jpg": [[0, 0, 100, 100], [200, 200, 300, 300]], "b.jpg": [[0, 0, 50, 50]]}
+    found = {"a.jpg": [[5, 5, 100, 100], [0, 0, 95, 100], [400, 400, 500, 500]],  # two on one head, one stray
+             "b.jpg": [[30, 30, 80, 80]]}  # IoU 0.22: a miss at 0.5
+    res = localisation(found, truth)
+    assert (res["heads"], res["found"], res["correct"], res["photos_with_a_correct_head"]) == (3, 4, 1, 1)
+    assert res["recall"] == round(1 / 3, 3) and res["precision"] == 0.25
+    labels = case_head_boxes()  # the shipped labels cover exactly the benchmark's photos, with sane boxes
+    assert set(labels) == set(PHOTOS) and all(labels[p] for p in PHOTOS)
+    assert all(x1 < x2 and y1 < y2 for boxes in labels.values() for x1, y1, x2, y2 in boxes)
