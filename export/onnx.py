@@ -412,8 +412,11 @@ def card_text(r: dict[str, Any]) -> str:
     headline = (f"mAP50 {mt.get('mAP50', 'n/a')}, mAP50-95 {mt.get('mAP50-95', 'n/a')}" if r["task"] == "detect"
                 else f"top-1 {mt.get('top1', 'n/a')}, top-5 {mt.get('top5', 'n/a')}")
     int8 = r.get("int8")
-    int8_line = (f"- int8 (`{r['name']}-int8`): {int8['latency_ms']} ms; agreement with fp32: "
-                 f"{json.dumps(int8['agreement'])}\n" if int8 else "")
+    int8_line = ""
+    if int8:
+        shipped = "shipped" if int8.get("shipped", True) else "NOT shipped: below the 0.98 agreement rule"
+        int8_line = (f"- int8 (`{r['name']}-int8`, {shipped}): {int8['latency_ms']} ms; agreement with fp32 on "
+                     f"{int8.get('images', '?')} test images: {json.dumps(int8['agreement'])}\n")
     init = (f"\n- **Initial weights**: `{r['init_weights']}` (tensors transferred by name and shape; the rest "
             "from scratch)." if r.get("init_weights") else "")
     trained = r.get("trained_classes")
@@ -458,12 +461,14 @@ Test split (never trained on, no near-duplicates of training images): {headline}
 def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = None, int8: bool = False,
                default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1",
                role: str | None = None, n_calib: int = 32, keep_pytorch: bool = False,
-               notes: Path | None = None, n_int8_check: int = 200) -> dict[str, Any]:
+               notes: Path | None = None, n_int8_check: int = 200, keep_int8: bool = False) -> dict[str, Any]:
     """Export, check, quantise, document and register a run; return the figures (also in export.json).
 
     ``keep_pytorch`` copies the run's ``best.pt`` to ``<models-dir>/sources/<name>.pt`` (named in the manifest's
     ``extra.pytorch_weights``) so that parity tests and benchmarks can compare against the PyTorch source.
-    ``notes``: a markdown file appended to the model card (what the data can and cannot tell apart, ...)."""
+    ``notes``: a markdown file appended to the model card (what the data can and cannot tell apart, ...).
+    ``int8``: also quantise and measure an int8 twin; it is installed only if it meets the agreement rule
+    (``int8_good_enough``) or ``keep_int8`` is set, and becomes the default only if it also is faster."""
     offline_ultralytics()
     run, model = load_run(run_dir, data)
     name = name or f"{'detector' if run.detect else 'classifier'}-{run.dir.name}"
@@ -524,9 +529,17 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
             qspec.metrics = {"int8_agreement_with_fp32": result["int8"]["agreement"],
                              "latency_ms": result["int8"]["latency_ms"]}
             faster = result["int8"]["latency_ms"] < result["latency_ms_fp32"]
-            if default and faster and int8_good_enough(result["int8"]):
+            agrees = int8_good_enough(result["int8"])
+            if default and faster and agrees:
                 qspec.default, spec.default = True, False
-            install_model(q, qspec, models_dir)
+            # an int8 twin that fails the agreement rule is measured and reported, not shipped (unless asked):
+            # nobody should pick up a model that misses boxes its fp32 twin finds, and it weighs on the repository
+            result["int8"]["shipped"] = agrees or keep_int8
+            if result["int8"]["shipped"]:
+                install_model(q, qspec, models_dir)
+            else:
+                logger.warning("int8 agreement %s is below the rule: int8 model not installed (--keep-int8 installs "
+                               "it anyway)", result["int8"]["agreement"])
         install_model(fp32, spec, models_dir)
     write_card(name, card_text(result), models_dir)
     result["pytorch_weights"] = str(run.weights)
@@ -581,7 +594,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="training run folder (weights/best.pt, run.json)")
-    ap.add_argument("--int8", action="store_true", help="also write a static int8 (QDQ) model")
+    ap.add_argument("--int8", action="store_true",
+                    help="also quantise a static int8 (QDQ) model; installed only if it agrees >= 0.98 with fp32")
+    ap.add_argument("--keep-int8", action="store_true", help="install the int8 model even if it agrees less")
     ap.add_argument("--name", help="model name (default detector-<run> / classifier-<run>)")
     ap.add_argument("--default", action="store_true", help="make it the default model for its role")
     ap.add_argument("--role", help="manifest role (default: detector / classifier)")
@@ -598,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         res = export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data, a.parity_images, a.version,
-                         a.role, keep_pytorch=a.keep_pytorch, notes=a.notes, n_int8_check=a.int8_check_images)
+                         a.role, keep_pytorch=a.keep_pytorch, notes=a.notes, n_int8_check=a.int8_check_images,
+                         keep_int8=a.keep_int8)
     except ParityError as exc:
         logging.getLogger("export.onnx").error("export FAILED: %s", exc)
         return 1
