@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         except subprocess.CalledProcessError:  # e.g. a large file a snapshot left out
             unreadable[src] = "not in the git snapshot (git show failed)"
             continue
-        except (OSError, ValueError) as exc:  # corrupt or not an image
+        except Exception as exc:  # corrupt or not an image (or a decoder patched in by another library failing)
             unreadable[src] = f"{type(exc).__name__}: {exc}"
             continue
         (out / "images" / f"{stem}.jpg").write_bytes(jpeg)
