@@ -199,7 +199,8 @@ def to_markdown(res: dict) -> str:
              "## Machine", "", "| key | value |", "| --- | --- |"]
     lines += [f"| {k} | {v} |" for k, v in m.items()]
     if res.get("models"):
-        lines += ["", "## Default models measured (sections reused with --keep-skipped keep their own date)", "",
+        lines += ["", "## Default models measured (sections reused with --keep-skipped keep their own date and "
+                  "processor)", "",
                   "| model | task | version | sha256 |", "| --- | --- | --- | --- |"]
         lines += [f"| {r['name']} | {r['task']} | {r['version']} | `{r['sha256'][:16]}` |" for r in res["models"]]
 
@@ -283,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         prev = previous.get(section, "skipped")
         if not isinstance(prev, dict):
             return prev
-        # a section reused twice keeps the date it was really measured
-        return {**prev, "measured": prev.get("measured") or previous.get("date", "")}
+        # a section reused twice keeps the date and the processor it was really measured on
+        return {**prev, "measured": prev.get("measured") or previous.get("date", ""),
+                "measured_on": prev.get("measured_on") or previous.get("machine", {}).get("cpu", "")}
 
     res["detector"] = bench_detector(bench_imgs, reg, args.repeat) if "detector" not in skip else skipped("detector")
     res["typology"] = bench_typology(bench_imgs, reg, args.repeat) if "typology" not in skip else skipped("typology")
