@@ -260,3 +260,19 @@ def test_edge_consistency_tells_a_concentric_ring_from_texture():
     assert ring > 0.9 and abs(pos - 0.4) < 0.03
     assert rim > 0.9 and abs(rim_pos - 1.0) < 0.03
     assert texture < 0.35
+
+
+def test_case_head_edge_test_ignores_pixels_outside_the_photo():
+    """A head near the photo's edge: the polar samples that fall outside the photo must not be whatever memory
+    held (they were, and one photo gave a different number of case heads from run to run)."""
+    import cv2
+
+    from wtivision.ocr.headstamp import _edge_consistency
+
+    gray = np.full((200, 200), 128, np.uint8)
+    cv2.circle(gray, (100, 185), 60, 30, 3)  # a rim crossing the bottom edge
+    ref = _edge_consistency(gray, (100.0, 185.0), 60.0, 0.75, 1.2)
+    for fill in (0, 255, 7, 200):
+        junk = [np.full((120, 72), fill, np.uint8) for _ in range(64)]  # freed blocks the size of the polar image
+        del junk
+        assert _edge_consistency(gray, (100.0, 185.0), 60.0, 0.75, 1.2) == ref
