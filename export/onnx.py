@@ -524,8 +524,8 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
             # agreement on up to n_int8_check real test images: on a few dozen detections one miss moves the
             # figure by 0.02 (detector v1.1: 0.977 on 52 images, 0.959 on its 611 test images)
             check = sample_images(_split_dir(run, "test"), n_int8_check, seed=2, top_up=False)
-            result["int8"] = int8_report(runner, qrunner, check if len(check) > len(images) else images)
-            result["int8"]["images"] = max(len(check), len(images))
+            check = check if len(check) > len(images) else images
+            result["int8"] = {**int8_report(runner, qrunner, check), "images": len(check)}
             qspec.metrics = {"int8_agreement_with_fp32": result["int8"]["agreement"],
                              "latency_ms": result["int8"]["latency_ms"]}
             faster = result["int8"]["latency_ms"] < result["latency_ms_fp32"]
