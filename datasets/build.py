@@ -29,6 +29,8 @@ Recipe (yaml; relative paths are relative to the recipe file)::
         classes: [marking, case_head]   # only these objects (default: every class scenes.py draws)
         licence: AGPL-3.0-or-later
         origin: datasets/synth/scenes.py
+    tiles:                       # optional: full-resolution crops of small objects, in the parent's split
+      - {source: robotkos-landmine, size: 640, per_box: 3, negatives: 1}   # see datasets.tiles
 
 A class the map does not name is reported and its box dropped; ``null`` drops it on purpose.
 Sources are ``kind: photo`` unless ``synthetic: true`` (``scenes`` sources always are synthetic).
@@ -291,6 +293,43 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
     return records, problems
 
 
+def add_tiles(records: list[Record], specs: list[dict[str, Any]], out: Path, max_distance: int) -> list[Record]:
+    """Full-resolution crops of the photos of the sources named in the recipe's ``tiles`` (see
+    ``datasets.tiles``), each in its parent's split; exact duplicate tiles are made once, and a tile that
+    is a near-duplicate (pHash within ``max_distance``) of an image of another split is left out."""
+    from datasets.tiles import tile_item
+
+    made: list[Record] = []
+    seen = {r.sha256 for r in records}
+    hashes = {s: [r.phash for r in records if r.split == s] for s in SPLITS}  # grows with the tiles made
+    root = out / "_tiles"
+    if root.exists():
+        shutil.rmtree(root)
+    for spec in specs:
+        splits = set(spec.get("splits", ["train", "val"]))
+        parents = [r for r in records if r.source == spec["source"] and r.split in splits and r.item.boxes]
+        if not parents:
+            raise ValueError(f"tiles: no photo with boxes from source {spec['source']!r} in {sorted(splits)}")
+        for r in parents:
+            rng = np.random.default_rng([int(spec.get("seed", 0)), int(r.sha256[:12], 16)])
+            for item, where in tile_item(r.item, root / r.source, spec, rng):
+                sha = hashlib.sha256(item.image.read_bytes()).hexdigest()
+                if sha in seen:
+                    continue
+                seen.add(sha)
+                ph = phash(item.image)
+                if any(hs and (hamming(ph, np.array(hs, dtype=np.uint64)) <= max_distance).any()
+                       for s, hs in hashes.items() if s != r.split):
+                    item.image.unlink()
+                    continue
+                hashes[r.split].append(ph)
+                made.append(Record(item, r.source, r.origin, r.licence, r.kind, r.original + where, sha, ph,
+                                   r.group, r.split))
+        logger.info("tiles: %d crops of %d %s photos", sum(t.source == spec["source"] for t in made), len(parents),
+                    spec["source"])
+    return made
+
+
 # -- output -------------------------------------------------------------------------------------------
 def _yolo_lines(r: Record, index: dict[str, int]) -> str:
     w, h = r.item.width, r.item.height
@@ -406,12 +445,14 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
         logger.info("keeping the splits of %d images from %s", len(fixed), keep)
     assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)),
                   fixed)
+    tiles = add_tiles(records, recipe.get("tiles") or [], out, dist)
+    records += tiles
     rows = write(records, out)
     stats = statistics(rows)
     (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     (out / "stats.md").write_text(stats_markdown(stats), encoding="utf-8")
     (out / "problems.txt").write_text("".join(p + "\n" for p in problems), encoding="utf-8")
-    report = {"name": recipe.get("name", ""), "images": len(records),
+    report = {"name": recipe.get("name", ""), "images": len(records), "tiles": len(tiles),
               "near_duplicate_groups": sum(1 for n in Counter(r.group for r in records).values() if n > 1),
               "exact_duplicates_dropped": len(dup_problems), "problems": len(problems),
               "images_per_split": stats["images"], "leaks": leak_report(rows, dist),

@@ -316,3 +316,40 @@ def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path
     im = cv2.imread(str(out / "phones" / "images" / f"{big}.jpg"))
     assert im.shape[:2] == (480, 640)
     assert (out / "phones" / "labels" / f"{big}.txt").read_text() == "0 0.5 0.5 0.25 0.5\n"
+
+
+def test_tiles_are_crops_of_train_and_val_photos_with_their_boxes(tmp_path):
+    from datasets.tiles import clip_boxes, windows
+
+    src = _source(tmp_path, 30)
+    spec = {"source": "synth", "size": 96, "jitter": 0.1, "per_box": 2, "negatives": 1, "seed": 3}
+    out = tmp_path / "ds"
+    rep = build(_recipe(src, tiles=[spec]), out)
+    rows = read_manifest(out)
+    tiles = [r for r in rows if "#tile=" in r["original"]]
+    parents = {r["original"]: r for r in rows if "#tile=" not in r["original"]}
+    assert rep["tiles"] == len(tiles) > 20 and rep["leaks"] == {"sha256_overlap": 0, "near_duplicate_pairs": 0}
+    assert {r["split"] for r in tiles} <= {"train", "val"}  # the test split stays whole photos
+    items = {it.image.resolve(): it for it in read_yolo(out)}  # boxes in pixels, as written
+    for t in tiles:
+        original, where = t["original"].split("#tile=")
+        parent = parents[original]
+        assert t["split"] == parent["split"] and t["source"] == "synth" and t["kind"] == parent["kind"]
+        x, y, w, h = map(int, where.split(","))
+        big = cv2.imread(str(out / parent["path"]))
+        tile = cv2.imread(str(out / t["path"]))
+        assert tile.shape[:2] == (h, w)
+        assert np.abs(tile.astype(int) - big[y:y + h, x:x + w].astype(int)).mean() < 3  # JPEG q95 of the crop
+        want = sorted((b.label, round(b.x1), round(b.y1), round(b.x2), round(b.y2))
+                      for b in clip_boxes(items[(out / parent["path"]).resolve()].boxes, x, y, w, h))
+        got = sorted((b.label, round(b.x1), round(b.y1), round(b.x2), round(b.y2))
+                     for b in items[(out / t["path"]).resolve()].boxes)
+        assert got == want
+    assert any(not r["labels"] for r in tiles) and any(r["labels"] for r in tiles)  # negatives and positives
+    assert build(_recipe(src, tiles=[spec]), tmp_path / "ds2")["manifest_sha256"] == rep["manifest_sha256"]
+    # every window made around a box holds it whole
+    item = Item(Path("x.jpg"), [Box("pistol", 100, 50, 130, 90)], width=300, height=200)
+    for wx, wy, ww, wh in windows(item, np.random.default_rng(0), 96, jitter=0.2, per_box=20, negatives=0):
+        assert wx <= 100 and wy <= 50 and wx + ww >= 130 and wy + wh >= 90 and wx + ww <= 300 and wy + wh <= 200
+    with pytest.raises(ValueError, match="no photo with boxes"):
+        build(_recipe(src, tiles=[{**spec, "source": "nope"}]), tmp_path / "ds3")
