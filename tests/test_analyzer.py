@@ -122,3 +122,45 @@ def test_close_up_with_nothing_detected_is_read_whole(tmp_path):
     f = Analyzer(models_dir=_detector_dir(tmp_path / "busy", TINY_RAW, trained=["pistol", "cartridge"],
                                           with_ocr=True)).analyze(photo)
     assert f.detections and not f.texts
+
+
+def test_tiled_detection_adds_the_tiles_in_photo_pixels(tiny_models_dir, tmp_path):
+    """The tiny detector finds a pistol at [8,28,24,36] and a cartridge at [44,28,52,36] of whatever 64 px
+    input it gets: a 128 px photo is tiled into 9 crops of 64 px at x, y in (0, 32, 64); each crop's boxes
+    come back shifted by its corner, beside the whole-photo pass's (scaled x2), none merged (no overlap)."""
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+
+    reg = Registry(tiny_models_dir)
+    det = YoloDetector(reg.get("tiny-detector"), reg)
+    img = np.full((128, 128, 3), 90, np.uint8)
+    plain = det.detect(img)
+    assert sorted((d.label, tuple(d.box)) for d in plain) == [("cartridge", (88, 56, 104, 72)),
+                                                              ("pistol", (16, 56, 48, 72))]
+    tiled = det.detect(img, tiles=True)
+    want = {("pistol", (16, 56, 48, 72)), ("cartridge", (88, 56, 104, 72))}
+    for x in (0, 32, 64):
+        for y in (0, 32, 64):
+            want |= {("pistol", (8 + x, 28 + y, 24 + x, 36 + y)), ("cartridge", (44 + x, 28 + y, 52 + x, 36 + y))}
+    assert {(d.label, tuple(d.box)) for d in tiled} == want and len(tiled) == len(want) == 20
+    # tiles only add small objects: with max_side 0.2 (12.8 px of a 64 px tile) the 16 px pistols are left
+    # to the whole pass, the 8 px cartridges stay
+    b, s, c = det.tiled_boxes(img, max_side=0.2)
+    assert sorted(np.bincount(c, minlength=2)[:2].tolist()) == [1, 10] and len(b) == 11
+    # a photo no larger than the input gets the whole-photo pass only
+    small = np.full((64, 64, 3), 90, np.uint8)
+    assert [d.box for d in det.detect(small, tiles=True)] == [d.box for d in det.detect(small)]
+
+
+def test_settings_that_change_results_change_the_model_set(tiny_models_dir):
+    from wtivision.analyzer import model_set_id
+
+    default = Analyzer(models_dir=tiny_models_dir)
+    assert default.settings == {} and default.model_set == model_set_id(default.models)  # ids of earlier scans
+    ids = {default.model_set}
+    for kw in ({"tiles": True}, {"ocr": False}, {"conf_threshold": 0.5}):
+        a = Analyzer(models_dir=tiny_models_dir, **kw)
+        assert len(a.settings) == 1 and a.model_set not in ids
+        ids.add(a.model_set)
+    assert Analyzer(models_dir=tiny_models_dir, tiles=True).model_set == Analyzer(
+        models_dir=tiny_models_dir, tiles=True).model_set

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wtivision.ops import box_iou, letterbox, nms, scale_boxes, yolo_postprocess
+from wtivision.ops import box_ios, box_iou, inner_edge_mask, letterbox, nms, scale_boxes, tile_windows, yolo_postprocess
 
 
 def test_letterbox_wide_image_hand_computed():
@@ -65,3 +65,35 @@ def test_yolo_postprocess_classwise_nms_and_threshold():
     assert cls.tolist() == [1] and scores.tolist() == pytest.approx([0.6])
     boxes, scores, cls = yolo_postprocess(raw, conf_threshold=0.25, iou_threshold=0.5, classes=[0])
     assert cls.tolist() == [0, 0] and scores.tolist() == pytest.approx([0.9, 0.3])
+
+
+def test_tile_windows_cover_the_photo_at_twice_the_scale():
+    # 640x360 at zoom 2: side 320; across 640 three starts (overlap >= 20 %), down 360 two
+    wins = tile_windows(360, 640, zoom=2.0, overlap=0.2)
+    assert wins == [(x, y, 320, 320) for y in (0, 40) for x in (0, 160, 320)]
+    cover = np.zeros((360, 640), bool)
+    for x, y, w, h in wins:
+        cover[y:y + h, x:x + w] = True
+    assert cover.all()
+    # a portrait photo: side = 400 / 2 = 200, at most the shorter side
+    assert {w for _, _, w, _ in tile_windows(400, 300, zoom=2.0)} == {200}
+    # no tiles for a photo the input already shows whole, nor at zoom 1
+    assert tile_windows(300, 320, min_size=320) == [] and tile_windows(720, 1280, zoom=1.0) == []
+
+
+def test_inner_edge_mask_drops_only_boxes_cut_by_a_tile_edge_inside_the_photo():
+    boxes = np.array([[0, 40, 20, 60],      # on the tile's left edge, which is inside the photo: cut
+                      [30, 0, 50, 10],      # on the top edge, which is the photo's top: whole
+                      [80, 30, 100, 50],    # on the right edge (tile ends at 100 < 300): cut
+                      [30, 30, 60, 60]],    # inside
+                     dtype=float)
+    cut = inner_edge_mask(boxes, (50, 0, 100, 100), (200, 300))
+    assert cut.tolist() == [True, False, True, False]
+    # the same boxes in a tile at the photo's top-left corner: the left edge is the photo's edge
+    assert inner_edge_mask(boxes, (0, 0, 100, 100), (200, 300)).tolist() == [False, False, True, False]
+
+
+def test_box_ios_is_the_share_of_the_first_box_covered():
+    small, big = np.array([[10, 10, 20, 20]]), np.array([[0, 0, 15, 100], [100, 100, 110, 110]])
+    assert box_ios(small, big).tolist() == [[0.5, 0.0]]
+    assert box_ios(big[:1], small)[0, 0] == pytest.approx(50 / 1500)

@@ -108,6 +108,12 @@ def test_rescan_reuses_and_workers_agree(messy_archive, tiny_models_dir, tmp_pat
         return sorted((r["path"], r["sha256"], r["status"], json.dumps(r["detections"])) for r in rows)
 
     assert strip(_rows(one)) == strip(_rows(two))
+    # other settings give other results: a re-scan with --tiles analyses again and says so in scan.json
+    tiled = scan(messy_archive, one, AnalyzerConfig(models_dir=str(tiny_models_dir), ocr=False, tiles=True))
+    assert tiled.reused == 0 and tiled.analyzed == 9 and tiled.model_set != again.model_set
+    info = json.loads((one / "scan.json").read_text())
+    assert info["settings"] == {"conf": 0.25, "iou": 0.7, "ocr": False, "tiles": True}
+    assert {r["status"] for r in _rows(one)} == {r["status"] for r in _rows(two)}
 
 
 def test_scan_killed_with_sigkill_resumes_without_loss_or_duplicates(tiny_models_dir, tmp_path):

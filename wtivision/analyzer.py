@@ -60,14 +60,15 @@ class DetectStep:
 
     name = "detect"
 
-    def __init__(self, detector: YoloDetector):
+    def __init__(self, detector: YoloDetector, tiles: bool = False):
         self.detector = detector
+        self.tiles = tiles
 
     def models(self) -> list[ModelRef]:
         return [self.detector.spec.ref()]
 
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
-        findings.detections.extend(self.detector.detect(image))
+        findings.detections.extend(self.detector.detect(image, tiles=self.tiles))
 
 
 class TypologyStep:
@@ -100,12 +101,20 @@ class TypologyStep:
             findings.classifications.append(self.classifier.classify(image, label_map=TYPOLOGY_CLASSES))
 
 
-def model_set_id(refs: list[ModelRef]) -> str:
-    """A short stable id of a set of models (their SHA-256s), used to key stored results."""
+def model_set_id(refs: list[ModelRef], settings: dict[str, object] | None = None) -> str:
+    """A short stable id of a set of models (their SHA-256s) and of the analysis settings that change
+    results (only those not at their defaults, so default runs keep their id), used to key stored results:
+    a scan re-run with other settings analyses the photos again instead of reusing results."""
     h = hashlib.sha256()
     for sha in sorted(r.sha256 for r in refs):
         h.update(sha.encode())
+    for k, v in sorted((settings or {}).items()):
+        h.update(f"|{k}={v!r}".encode())
     return h.hexdigest()[:16]
+
+
+#: Analysis settings at their defaults (left out of ``model_set_id``).
+DEFAULT_SETTINGS: dict[str, object] = {"conf": 0.25, "iou": 0.7, "ocr": True, "tiles": False}
 
 
 class Analyzer:
@@ -125,17 +134,23 @@ class Analyzer:
         conf_threshold: float = 0.25,
         iou_threshold: float = 0.7,
         ocr: bool = True,
+        tiles: bool = False,
     ) -> None:
         self.registry = Registry(models_dir)
         self.limits = limits
         self.runtime = runtime
+        settings: dict[str, object] = {}
         if steps is None:
-            steps = self._default_steps(conf_threshold, iou_threshold, ocr)
+            steps = self._default_steps(conf_threshold, iou_threshold, ocr, tiles)
+            given = {"conf": float(conf_threshold), "iou": float(iou_threshold), "ocr": bool(ocr), "tiles": bool(tiles)}
+            settings = {k: v for k, v in given.items() if v != DEFAULT_SETTINGS[k]}
         self.steps: list[Step] = list(steps)
         self._model_refs = [ref for step in self.steps for ref in step.models()]
-        self.model_set = model_set_id(self._model_refs)
+        #: Settings that differ from the defaults; with the model hashes they key stored scan results.
+        self.settings = settings
+        self.model_set = model_set_id(self._model_refs, settings)
 
-    def _default_steps(self, conf: float, iou: float, ocr: bool) -> list[Step]:
+    def _default_steps(self, conf: float, iou: float, ocr: bool, tiles: bool = False) -> list[Step]:
         """Detector -> typology on firearm crops -> OCR on markings and case heads.
 
         Without a detector (none in the manifest) the whole photo is read by OCR first, and the typology
@@ -150,7 +165,7 @@ class Analyzer:
         if det_spec is not None:
             detector = YoloDetector(det_spec, reg, self.runtime, conf, iou)
             text_classes = bool({"marking", "case_head"} & set(detector.active_classes))
-            steps.append(DetectStep(detector))
+            steps.append(DetectStep(detector, tiles))
         if ocr and reg.default_for("ocr_rec") is not None:
             from .ocr import OcrStep  # local: OCR code loads only when OCR models ship
 

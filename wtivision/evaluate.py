@@ -62,6 +62,7 @@ class DetectorEval(_Element):
     map50_95: float
     classes: list[ClassEval] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    tiles: bool = False  # the tiled passes (YoloDetector.tiled_boxes) were added to the whole-image pass
 
     def per_class_ap50(self) -> dict[str, float]:
         return {c.name: c.ap50 for c in self.classes}
@@ -223,12 +224,13 @@ def split_images(root: Path, split: str) -> Iterator[tuple[Path, Path]]:
 
 def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "test",
                       names: list[str] | None = None, operating_conf: float = 0.25,
-                      progress: Callable[[int, int], None] | None = None) -> DetectorEval:
+                      progress: Callable[[int, int], None] | None = None, tiles: bool = False) -> DetectorEval:
     """Run ``detector`` on every image of the split and compare with its labels.
 
     Set the detector's ``conf_threshold`` low (e.g. 0.001) to measure AP over the whole score range;
     ``operating_conf`` is where precision and recall are reported. Label indices are named by ``names``,
     else by the folder's ``data.yaml``, else by the model's classes, and matched to the model by name.
+    ``tiles`` runs the detector as ``wtivision scan --tiles`` does (whole image + tiles).
     """
     root = Path(root)
     pairs = list(split_images(root, split))
@@ -250,7 +252,7 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
             gt_boxes, gt_idx = read_labels(lbl_path, w, h)
             if len(gt_idx) and (gt_idx.min() < 0 or gt_idx.max() >= len(label_names)):
                 raise ValueError(f"{lbl_path}: class index {int(gt_idx.max())} beyond the {len(label_names)} names")
-            dets = detector.detect(image)
+            dets = detector.detect(image, tiles=tiles)
         except Exception as exc:  # one bad image never stops an evaluation
             errors[key] = f"{type(exc).__name__}: {exc}"
             logger.warning("skipped %s: %s", key, errors[key])
@@ -279,5 +281,5 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
         images=len(pairs) - len(errors), operating_conf=operating_conf,
         map50=round(float(np.mean([c.ap50 for c in with_gt])), 4) if with_gt else 0.0,
         map50_95=round(float(np.mean([c.ap50_95 for c in with_gt])), 4) if with_gt else 0.0,
-        classes=classes, errors=errors,
+        classes=classes, errors=errors, tiles=tiles,
     )

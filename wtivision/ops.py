@@ -52,18 +52,29 @@ def xywh2xyxy(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix between (N, 4) and (M, 4) xyxy boxes."""
+def _overlap(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Intersection areas (N, M) of xyxy boxes and the areas of each set."""
     a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return wh[..., 0] * wh[..., 1], area_a, area_b
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix between (N, 4) and (M, 4) xyxy boxes."""
+    inter, area_a, area_b = _overlap(a, b)
     union = area_a[:, None] + area_b[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def box_ios(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) share of each box of ``a`` covered by each box of ``b`` (intersection over a's area)."""
+    inter, area_a, _ = _overlap(a, b)
+    return np.where(area_a[:, None] > 0, inter / np.maximum(area_a[:, None], 1e-12), 0.0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -139,3 +150,43 @@ def yolo_postprocess(
     offset = np.float32(0) if agnostic else cls[:, None].astype(np.float32) * np.float32(MAX_WH)
     keep = nms(boxes + offset, scores, iou_threshold)[:max_det]
     return boxes[keep], scores[keep], cls[keep].astype(np.int64)
+
+
+def tile_windows(height: int, width: int, zoom: float = 2.0, overlap: float = 0.2,
+                 min_size: int = 0) -> list[tuple[int, int, int, int]]:
+    """Square crops (x, y, w, h) that cover a ``height`` x ``width`` photo, each seen by the detector at
+    ``zoom`` times the scale of the whole photo (side = longer side / zoom, at most the shorter side),
+    neighbours overlapping by at least ``overlap`` of the side. None when the photo's longer side is at most
+    ``min_size`` (the detector's input already shows it at full resolution) or ``zoom`` <= 1."""
+    if zoom <= 1.0 or max(height, width) <= min_size:
+        return []
+    side = int(min(height, width, np.ceil(max(height, width) / zoom)))
+    if side < 1:
+        return []
+
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        n = int(np.ceil((length - side * overlap) / (side * (1.0 - overlap))))
+        return sorted({int(round(v)) for v in np.linspace(0, length - side, max(n, 2))})
+
+    return [(x, y, side, side) for y in starts(height) for x in starts(width)]
+
+
+def inner_edge_mask(boxes: np.ndarray, window: tuple[int, int, int, int], image_hw: tuple[int, int],
+                    margin: float = 2.0) -> np.ndarray:
+    """True for boxes (xyxy, window pixels) that touch an edge of the window lying inside the photo: an
+    object cut by the tile, which the whole-photo pass or a neighbouring tile sees whole."""
+    x, y, w, h = window
+    H, W = image_hw
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    cut = np.zeros(len(b), dtype=bool)
+    if x > 0:
+        cut |= b[:, 0] <= margin
+    if y > 0:
+        cut |= b[:, 1] <= margin
+    if x + w < W:
+        cut |= b[:, 2] >= w - margin
+    if y + h < H:
+        cut |= b[:, 3] >= h - margin
+    return cut

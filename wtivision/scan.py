@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .analyzer import Analyzer
+from .analyzer import DEFAULT_SETTINGS, Analyzer
 from .errors import ImageError, WtivisionError
 from .media import Limits, is_candidate, read_original
 from .results import ImageFindings
@@ -39,6 +39,7 @@ class AnalyzerConfig:
     conf_threshold: float = 0.25
     iou_threshold: float = 0.7
     ocr: bool = True
+    tiles: bool = False
     limits: Limits = Limits()
     intra_threads: int = 0
 
@@ -50,6 +51,7 @@ class AnalyzerConfig:
             conf_threshold=self.conf_threshold,
             iou_threshold=self.iou_threshold,
             ocr=self.ocr,
+            tiles=self.tiles,
         )
 
 
@@ -274,6 +276,7 @@ def scan(
         "root": str(root),
         "model_set": model_set,
         "models": models,
+        "settings": {**DEFAULT_SETTINGS, **analyzer.settings},
         "started": started,
         "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "summary": summary.to_dict(),
