@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, require
-from .ops import MAX_WH, box_ios, inner_edge_mask, letterbox, nms, scale_boxes, tile_windows, yolo_postprocess
+from .ops import box_ios, inner_edge_mask, letterbox, nms, scale_boxes, tile_windows, yolo_postprocess
 from .registry import ModelSpec, Registry
 from .results import Classification, Detection
 
@@ -130,10 +130,11 @@ class YoloDetector(OnnxModel):
         tb = np.concatenate([p[0] for p in parts]).astype(np.float64)
         ts = np.concatenate([p[1] for p in parts]).astype(np.float32)
         tc = np.concatenate([p[2] for p in parts]).astype(np.int64)
-        keep = nms(tb + tc[:, None] * MAX_WH, ts, merge_iou)
+        span = float(max(hw)) + 1.0  # class offset: boxes of different classes never overlap (photo pixels)
+        keep = nms(tb + tc[:, None] * span, ts, merge_iou)
         tb, ts, tc = tb[keep], ts[keep], tc[keep]
         if len(whole[0]) and len(tb):
-            covered = box_ios(tb + tc[:, None] * MAX_WH, whole[0] + whole[2][:, None] * MAX_WH) > 0.5
+            covered = box_ios(tb + tc[:, None] * span, whole[0] + whole[2][:, None] * span) > 0.5
             new = ~covered.any(axis=1)
             tb, ts, tc = tb[new], ts[new], tc[new]
         boxes = np.concatenate([whole[0], tb]).astype(np.float64)
