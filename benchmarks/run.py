@@ -57,6 +57,9 @@ def bench_detector(images, reg, repeat: int) -> dict:
     for s in variants:
         det = YoloDetector(s, reg, RuntimeOptions())
         out[f"onnx_{s.precision}_{s.input_size[0]}"] = stats_ms(time_calls(det.detect, images, repeat=repeat))
+        if s.name == spec.name:  # `--tiles`: the whole photo + crops at twice the scale (6 for a 4:3 photo)
+            out[f"onnx_{s.precision}_{s.input_size[0]}_tiled"] = stats_ms(
+                time_calls(lambda im, d=det: d.detect(im, tiles=True), images, repeat=repeat))
     pt = _detector_pt(reg)
     if pt is None:
         out["pytorch"] = "skipped: no PyTorch weights recorded for the detector (manifest extra.pytorch_weights)"

@@ -32,8 +32,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--no-ocr", action="store_true", help="skip OCR of markings and headstamps")
     p.add_argument("--tiles", action="store_true",
-                   help="also detect on crops at twice the scale (small objects in large photos, e.g. mines "
-                        "in drone views); about 7x slower per photo")
+                   help="experimental: also detect on crops at twice the scale (small objects in large photos); "
+                        "one extra pass per crop, 6 for a 4:3 photo")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime threads per process (0 = all cores)")
     p.add_argument("--max-mb", type=float, default=200.0, help="refuse files larger than this (MiB)")
     p.add_argument("--max-megapixels", type=float, default=120.0, help="refuse images larger than this")
