@@ -87,8 +87,8 @@ def test_examples_firearms_are_detected(scanned):
 
 
 def test_examples_ied_components_are_detected(scanned):
-    """The phone photo gets an IED-component box (detector v1.3: `mobile_phone`; v1.2 0.96), and no firearm photo
-    or close-up gets one (measured: none)."""
+    """The phone photo gets an IED-component box (detector v1.3: `mobile_phone` 0.71, the whole phone boxed;
+    v1.2: 0.96), and no firearm photo or close-up gets one (measured: none)."""
     from wtivision.registry import Registry
     from wtivision.taxonomy import IED_COMPONENT, family_of
 
