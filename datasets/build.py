@@ -312,8 +312,7 @@ def add_tiles(records: list[Record], specs: list[dict[str, Any]], out: Path, max
             raise ValueError(f"tiles: no photo with boxes from source {spec['source']!r} in {sorted(splits)}")
         for r in parents:
             rng = np.random.default_rng([int(spec.get("seed", 0)), int(r.sha256[:12], 16)])
-            for item, where in tile_item(r.item, root / r.source, spec, rng):
-                sha = hashlib.sha256(item.image.read_bytes()).hexdigest()
+            for item, where, sha in tile_item(r.item, root / r.source, spec, rng):
                 if sha in seen:
                     continue
                 seen.add(sha)

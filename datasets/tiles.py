@@ -80,8 +80,10 @@ def windows(item: Item, rng: np.random.Generator, size: int, jitter: float = 0.2
             yield x, y, s, s
 
 
-def tile_item(item: Item, out_dir: Path, spec: dict[str, Any], rng: np.random.Generator) -> list[tuple[Item, str]]:
-    """Write the tiles of one photo into ``out_dir``; return (tile item, ``#tile=x,y,w,h``) pairs."""
+def tile_item(item: Item, out_dir: Path, spec: dict[str, Any],
+              rng: np.random.Generator) -> list[tuple[Item, str, str]]:
+    """Write the tiles of one photo into ``out_dir``; return (tile item, ``#tile=x,y,w,h``, SHA-256 of the
+    tile's bytes) triples."""
     import cv2
 
     img = cv2.imread(str(item.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
@@ -99,8 +101,9 @@ def tile_item(item: Item, out_dir: Path, spec: dict[str, Any], rng: np.random.Ge
         if not ok:  # pragma: no cover - cv2 encodes any uint8 BGR array
             raise ValueError(f"cannot encode a tile of {item.image}")
         data = buf.tobytes()
-        path = out_dir / f"{hashlib.sha256(data).hexdigest()[:20]}.jpg"
+        sha = hashlib.sha256(data).hexdigest()
+        path = out_dir / f"{sha[:20]}.jpg"
         path.write_bytes(data)
         boxes = clip_boxes(item.boxes, x, y, w, h, float(spec.get("min_visible", MIN_VISIBLE)))
-        made.append((Item(path, boxes, width=w, height=h), f"#tile={x},{y},{w},{h}"))
+        made.append((Item(path, boxes, width=w, height=h), f"#tile={x},{y},{w},{h}", sha))
     return made
