@@ -329,9 +329,31 @@ def head_decode_nodes(path: Path) -> list[str]:
             and not any(f"/{b}." in n.name for b in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"))]
 
 
-def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path) -> Path:
-    """Static QDQ int8 (per-channel weights, uint8 activations, MinMax calibration on ``calib`` images)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+def module_nodes(path: Path, first: int, last: int) -> list[str]:
+    """Names of the nodes of ultralytics modules ``first``..``last`` (``/model.N/...``) of an exported graph."""
+    import onnx
+
+    out = []
+    for n in onnx.load(str(path)).graph.node:
+        parts = n.name.split("/")
+        if len(parts) > 2 and parts[1].startswith("model.") and parts[1][6:].isdigit() \
+                and first <= int(parts[1][6:]) <= last:
+            out.append(n.name)
+    return out
+
+
+def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
+                  method: str = "MinMax", fp32_modules: tuple[int, int] | None = None) -> Path:
+    """Static QDQ int8 (per-channel weights, uint8 activations, calibration on ``calib`` images with
+    ``method``: MinMax, Percentile or Entropy). ``fp32_modules`` (first, last): ultralytics modules kept in fp32
+    besides the detection head's decode (mixed precision)."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     input_name = runner.session.get_inputs()[0].name
@@ -349,8 +371,11 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     exclude = head_decode_nodes(pre) if isinstance(runner, YoloDetector) else []
+    if fp32_modules is not None:
+        exclude += module_nodes(pre, *fp32_modules)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                    calibrate_method=CalibrationMethod[method])
     pre.unlink(missing_ok=True)
     return out
 

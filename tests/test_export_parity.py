@@ -79,3 +79,23 @@ def test_sample_images_top_up_only_when_asked(tmp_path):
     assert len(sample_images(tmp_path, 10, top_up=False)) == 3  # the int8 check uses real images only
     assert len(sample_images(tmp_path, 10, fallback_size=64)) == 10  # parity/calibration: topped up with scenes
     assert len(sample_images(tmp_path, 2, top_up=False)) == 2
+
+
+def test_module_nodes_selects_ultralytics_modules_by_index(tmp_path):
+    """Mixed-precision int8 keeps whole ultralytics modules in fp32: module 1 must not catch 10-19, and nodes
+    outside ``/model.N/`` (graph inputs' casts, the exporter's own nodes) are never selected."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.onnx import module_nodes
+
+    names = ["/model.0/conv/Conv", "/model.1/Relu", "/model.10/Relu", "/model.12/m.0/Relu", "/model.1x/Relu",
+             "/other/Relu", "Relu_7"]
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"], name=n) for i, n in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"t{len(names)}", TensorProto.FLOAT, [1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert module_nodes(path, 0, 1) == ["/model.0/conv/Conv", "/model.1/Relu"]
+    assert module_nodes(path, 10, 22) == ["/model.10/Relu", "/model.12/m.0/Relu"]
+    assert module_nodes(path, 2, 9) == []
