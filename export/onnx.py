@@ -321,25 +321,28 @@ def head_decode_nodes(path: Path) -> list[str]:
     import onnx
 
     nodes = onnx.load(str(path)).graph.node
-    prefixes = [n.name.split("/")[1] for n in nodes if n.name.startswith("/model.")]
-    if not prefixes:
+    indices = [i for i in (_module_index(n.name) for n in nodes) if i is not None]
+    if not indices:
         return [n.name for n in nodes[-12:]]
-    head = max(prefixes, key=lambda p: int(p.split(".")[1]) if p.split(".")[1].isdigit() else -1)
-    return [n.name for n in nodes if n.name.startswith(f"/{head}/")
+    head = max(indices)
+    return [n.name for n in nodes if _module_index(n.name) == head
             and not any(f"/{b}." in n.name for b in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"))]
+
+
+def _module_index(node_name: str) -> int | None:
+    """N of a node named ``/model.N/...`` by the ultralytics exporter, else None."""
+    parts = node_name.split("/")
+    if len(parts) > 2 and parts[1].startswith("model.") and parts[1][6:].isdigit():
+        return int(parts[1][6:])
+    return None
 
 
 def module_nodes(path: Path, first: int, last: int) -> list[str]:
     """Names of the nodes of ultralytics modules ``first``..``last`` (``/model.N/...``) of an exported graph."""
     import onnx
 
-    out = []
-    for n in onnx.load(str(path)).graph.node:
-        parts = n.name.split("/")
-        if len(parts) > 2 and parts[1].startswith("model.") and parts[1][6:].isdigit() \
-                and first <= int(parts[1][6:]) <= last:
-            out.append(n.name)
-    return out
+    return [n.name for n in onnx.load(str(path)).graph.node
+            if (i := _module_index(n.name)) is not None and first <= i <= last]
 
 
 def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
