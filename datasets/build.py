@@ -9,6 +9,12 @@ Recipe (yaml; relative paths are relative to the recipe file)::
     seed: 0
     split: {train: 0.8, val: 0.1, test: 0.1}
     phash_distance: 6            # near-duplicate threshold (Hamming distance of 64-bit imagehash.phash)
+    phash_transforms: d4         # d4 (default): a mirrored or 90/180/270-degree rotated copy is a near-duplicate
+                                 # too; none: plain pHash only (what the v1-v1.3 datasets were built with)
+    phash_d4_distance: 2         # threshold for those mirrored / rotated pHashes (stricter: with 8 variants,
+                                 # photos of different pistols on white come within 6 and chain up)
+    match_features: true         # also group twins found by datasets.twins (copies rotated by any angle,
+                                 # cropped, recoloured, frames of one video scene); false in v1-v1.3
     keep_splits: ../../runs/data/detector-v1/manifest.csv   # optional: images (and their near-duplicates)
                                  # listed there keep that split; only new images are drawn
     sources:
@@ -39,7 +45,13 @@ Steps: every image is hashed (SHA-256 of the bytes, ``imagehash.phash``); boxes 
 image (<= 5 % of its size) are clipped, degenerate ones (< 2 px) and far-outside ones dropped;
 unreadable images and unknown classes are reported. Exact duplicates (same SHA-256) are removed, keeping
 the first; near-duplicates (pHash within ``phash_distance``) are grouped and a group always lands in one
-split, so nothing in val/test has a copy in train. Groups are split per stratum (the group's rarest
+split, so nothing in val/test has a copy in train. With ``phash_transforms: d4`` (the default) the pHashes
+of an image's seven mirrored / quarter-turn-rotated versions are compared as well: public sets (Roboflow
+exports above all) hold flipped and rotated copies of the same photo under other names, and plain pHash
+does not see them. With ``match_features: true`` (the default) ``datasets.twins`` finds the copies rotated
+by other angles, cropped or recoloured, and other frames of one video scene, by ORB key points checked with
+a similarity transform. detector-v1.3's split, built with neither, has 290 of its 672 test photos with such
+a twin in train or val (``--audit``). Groups are split per stratum (the group's rarest
 class) with the recipe's seed.
 
 Output (``DIR``):
@@ -62,7 +74,7 @@ import json
 import logging
 import shutil
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +87,7 @@ from wtivision.taxonomy import DETECTOR_CLASSES
 logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.csv"
+LEAKS = "leaks.csv"  # written by ``audit``
 MANIFEST_FIELDS = ("path", "source", "origin", "licence", "kind", "sha256", "phash", "split", "labels", "width",
                    "height", "original")
 MAX_OUTSIDE = 0.05  # boxes sticking out by more than this fraction of the image size are dropped
@@ -95,6 +108,7 @@ class Record:
     phash: int
     group: int = -1
     split: str = ""
+    variants: tuple[int, ...] = ()  # pHashes of the mirrored / rotated versions (``phash_d4``), if compared
 
     @property
     def labels(self) -> list[str]:
@@ -111,6 +125,31 @@ def phash(path: Path) -> int:
 
     with Image.open(path) as im:
         return int(str(imagehash.phash(im)), 16)
+
+
+#: The seven non-identity transforms of the dihedral group D4 (mirrors and quarter turns), as PIL transposes.
+D4_TRANSPOSES = ("FLIP_LEFT_RIGHT", "FLIP_TOP_BOTTOM", "ROTATE_90", "ROTATE_180", "ROTATE_270", "TRANSPOSE",
+                 "TRANSVERSE")
+
+
+def phash_d4(path: Path) -> tuple[int, ...]:
+    """pHashes of the image and of its seven mirrored / quarter-turn versions (identity first).
+
+    An image B that is a mirrored or rotated copy of A has a pHash close to one of A's seven, so comparing
+    every variant of A with B's plain pHash finds it; the plain pHash alone does not (a mirror flips the
+    sign of half the DCT coefficients)."""
+    import imagehash
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("L")  # imagehash.phash works on grey levels; convert once, not eight times
+        return tuple(int(str(imagehash.phash(im if t is None else im.transpose(getattr(Image.Transpose, t)))), 16)
+                     for t in (None, *D4_TRANSPOSES))
+
+
+def min_hamming(variants: tuple[int, ...] | list[int], others: np.ndarray) -> np.ndarray:
+    """For each hash in ``others``, the smallest Hamming distance to any of ``variants``."""
+    return np.min([hamming(v, others) for v in variants], axis=0)
 
 
 def hamming(h: int, others: np.ndarray) -> np.ndarray:
@@ -161,8 +200,19 @@ def drop_exact_duplicates(records: list[Record]) -> tuple[list[Record], list[str
     return kept, problems
 
 
-def group_duplicates(records: list[Record], max_distance: int) -> None:
-    """Give near-duplicates (pHash within ``max_distance``, transitively) the same ``group``."""
+def transforms_of(recipe: dict[str, Any]) -> str:
+    """The recipe's ``phash_transforms`` (``d4`` unless it says ``none``)."""
+    t = str(recipe.get("phash_transforms", "d4")).lower()
+    if t not in ("d4", "none"):
+        raise ValueError(f"phash_transforms: {t!r} is neither 'd4' nor 'none'")
+    return t
+
+
+def group_duplicates(records: list[Record], max_distance: int, d4_distance: int | None = None,
+                     twins: list[tuple[int, int]] = ()) -> None:
+    """Give near-duplicates the same ``group`` (transitively): pHash within ``max_distance``; for a record
+    with ``variants`` (``phash_d4``), one of its mirrored / rotated pHashes within ``d4_distance``; and the
+    index pairs in ``twins`` (``datasets.twins.find_twins``)."""
     parent = list(range(len(records)))
 
     def find(i: int) -> int:
@@ -172,11 +222,33 @@ def group_duplicates(records: list[Record], max_distance: int) -> None:
         return i
 
     hashes = np.array([r.phash for r in records], dtype=np.uint64)
+    d4 = max_distance if d4_distance is None else d4_distance
     for i in range(len(records) - 1):
-        for j in np.nonzero(hamming(records[i].phash, hashes[i + 1:]) <= max_distance)[0]:
+        near = hamming(records[i].phash, hashes[i + 1:]) <= max_distance
+        if len(records[i].variants) > 1:
+            near |= min_hamming(records[i].variants[1:], hashes[i + 1:]) <= d4
+        for j in np.nonzero(near)[0]:
             parent[find(i + 1 + int(j))] = find(i)
+    for i, j in twins:
+        parent[find(j)] = find(i)
     for i, r in enumerate(records):
         r.group = find(i)
+
+
+def feature_twins(paths: list[Path], min_inliers: int | None = None) -> list[tuple[int, int]]:
+    """Index pairs of twins among ``paths`` (``datasets.twins``); an unreadable file has none."""
+    from datasets import twins
+
+    sigs, index = [], []
+    for k, path in enumerate(paths):
+        try:
+            sigs.append(twins.signature(path))
+            index.append(k)
+        except ValueError as exc:
+            logger.warning("twin check skips %s", exc)
+    logger.info("twin check: %d photos", len(sigs))
+    pairs = twins.find_twins(sigs, min_inliers=min_inliers or twins.MIN_INLIERS)
+    return [(index[i], index[j]) for i, j, _ in pairs]
 
 
 def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
@@ -265,6 +337,7 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
     records: list[Record] = []
     problems: list[str] = []
     base = Path(recipe.get("_base", "."))
+    d4 = transforms_of(recipe) == "d4"
     for src in recipe["sources"]:
         fmt = src["format"]
         synthetic = fmt == "scenes" or bool(src.get("synthetic", False))
@@ -281,7 +354,7 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
                 data = item.image.read_bytes()
                 if not item.width or not item.height:
                     item.width, item.height = image_size(item.image)
-                ph = phash(item.image)
+                variants = phash_d4(item.image) if d4 else (phash(item.image),)
             except Exception as exc:  # noqa: BLE001 - any decoder error means unreadable
                 if not any("unreadable" in p for p in item.problems):
                     problems.append(f"{where}: unreadable image ({exc}), skipped")
@@ -289,7 +362,7 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
             problems += [f"{where}: {p}" for p in validate(item)]
             records.append(Record(item, src["name"], src.get("origin", ""), src.get("licence", "unknown"),
                                   "synthetic" if synthetic else "photo", _relative(item.image, root),
-                                  hashlib.sha256(data).hexdigest(), ph))
+                                  hashlib.sha256(data).hexdigest(), variants[0], variants=variants))
     return records, problems
 
 
@@ -408,19 +481,90 @@ def manifest_hash(out: Path) -> str:
     return hashlib.sha256((Path(out) / MANIFEST).read_bytes()).hexdigest()
 
 
-def leak_report(rows: list[dict[str, Any]], max_distance: int) -> dict[str, int]:
-    """Cross-split overlaps in a manifest: equal SHA-256 and pHash pairs within ``max_distance``
-    (both must be zero)."""
+def leak_pairs(rows: list[dict[str, Any]], max_distance: int, variants: dict[str, tuple[int, ...]] | None = None,
+               d4_distance: int | None = None) -> list[dict[str, Any]]:
+    """Images of a later split (val, test) with a near-duplicate in an earlier one (train, val): each such
+    pair as ``{path, split, twin, twin_split, method, score}`` (method ``phash`` or ``phash-d4``, score the
+    Hamming distance). ``variants`` (manifest path -> ``phash_d4``) makes mirrored / rotated copies within
+    ``d4_distance`` count too; without it only the manifest's plain pHash is compared."""
     by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
-    sha_overlap = near = 0
+    variants = variants or {}
+    d4 = max_distance if d4_distance is None else d4_distance
+    pairs = []
     for i, a in enumerate(SPLITS):
+        hb = np.array([int(r["phash"], 16) for r in by_split[a]], dtype=np.uint64)
+        if not len(hb):
+            continue
         for b in SPLITS[i + 1:]:
-            sb = {r["sha256"] for r in by_split[b]}
-            sha_overlap += sum(r["sha256"] in sb for r in by_split[a])
-            hb = np.array([int(r["phash"], 16) for r in by_split[b]], dtype=np.uint64)
-            if len(hb):
-                near += sum(int((hamming(int(r["phash"], 16), hb) <= max_distance).sum()) for r in by_split[a])
-    return {"sha256_overlap": sha_overlap, "near_duplicate_pairs": near}
+            for r in by_split[b]:
+                plain = hamming(int(r["phash"], 16), hb)
+                turned = variants.get(r["path"], ())[1:]
+                dt = min_hamming(turned, hb) if turned else np.full(len(hb), 64)
+                for j in np.nonzero((plain <= max_distance) | (dt <= d4))[0]:
+                    method, score = ("phash", plain[j]) if plain[j] <= max_distance else ("phash-d4", dt[j])
+                    pairs.append({"path": r["path"], "split": b, "twin": by_split[a][j]["path"], "twin_split": a,
+                                  "method": method, "score": int(score)})
+    return pairs
+
+
+def feature_leak_pairs(rows: list[dict[str, Any]], root: Path,
+                       progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Like ``leak_pairs``, by ``datasets.twins`` (method ``features``, score the inlier count)."""
+    from datasets import twins
+
+    by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
+    sigs = {}
+    for r in rows:
+        try:
+            sigs[r["path"]] = twins.signature(root / r["path"])
+        except ValueError as exc:
+            logger.warning("twin check skips %s", exc)
+    pairs = []
+    for i, a in enumerate(SPLITS):
+        ref = [r for r in by_split[a] if r["path"] in sigs]
+        for b in SPLITS[i + 1:]:
+            query = [r for r in by_split[b] if r["path"] in sigs]
+            for qi, rj, n in twins.find_twins([sigs[r["path"]] for r in query], [sigs[r["path"]] for r in ref],
+                                              progress=progress):
+                pairs.append({"path": query[qi]["path"], "split": b, "twin": ref[rj]["path"], "twin_split": a,
+                              "method": "features", "score": n})
+    return pairs
+
+
+def leak_report(rows: list[dict[str, Any]], max_distance: int, variants: dict[str, tuple[int, ...]] | None = None,
+                d4_distance: int | None = None) -> dict[str, int]:
+    """Cross-split overlaps in a manifest: equal SHA-256 and pHash pairs within ``max_distance`` (both must
+    be zero), and with ``variants`` (see ``leak_pairs``) the pairs that are mirrored / rotated copies too."""
+    by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
+    sha_overlap = sum(r["sha256"] in {x["sha256"] for x in by_split[b]}
+                      for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:] for r in by_split[a])
+    report = {"sha256_overlap": sha_overlap, "near_duplicate_pairs": len(leak_pairs(rows, max_distance))}
+    if variants is not None:
+        report["d4_near_duplicate_pairs"] = len(leak_pairs(rows, max_distance, variants, d4_distance))
+    return report
+
+
+def audit(root: Path, max_distance: int = 6, d4_distance: int = 2, features: bool = True,
+          progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Look for train images that reappear in val / test, in a built dataset (also one built before
+    ``phash_transforms`` / ``match_features`` existed): pHash, mirrored / rotated pHash and, with
+    ``features``, ``datasets.twins``. Write ``leaks.csv`` beside its manifest (every pair found);
+    ``wtivision evaluate --exclude ROOT/leaks.csv`` then leaves those val / test images out."""
+    root = Path(root)
+    rows = read_manifest(root)
+    variants = {r["path"]: phash_d4(root / r["path"]) for r in rows if r["split"] != "train"}
+    pairs = leak_pairs(rows, max_distance, variants, d4_distance)
+    if features:
+        pairs += feature_leak_pairs(rows, root, progress)
+    with open(root / LEAKS, "w", newline="", encoding="utf-8") as fh:
+        wr = csv.DictWriter(fh, fieldnames=("path", "split", "twin", "twin_split", "method", "score"))
+        wr.writeheader()
+        wr.writerows(sorted(pairs, key=lambda x: (x["path"], x["twin"], x["method"])))
+    leaked = {(p["path"], p["split"]) for p in pairs}
+    return {"dataset": str(root), "phash_distance": max_distance, "phash_d4_distance": d4_distance,
+            "features": features, "pairs": dict(Counter(p["method"] for p in pairs)),
+            "images_with_a_twin_in_an_earlier_split": {s: sum(1 for _, x in leaked if x == s) for s in SPLITS[1:]},
+            "images": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}, "written": str(root / LEAKS)}
 
 
 def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -431,7 +575,9 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     records, dup_problems = drop_exact_duplicates(records)
     problems += dup_problems
     dist = int(recipe.get("phash_distance", 6))
-    group_duplicates(records, dist)
+    d4_dist = int(recipe.get("phash_d4_distance", 2))
+    twins = feature_twins([r.item.image for r in records]) if recipe.get("match_features", True) else []
+    group_duplicates(records, dist, d4_dist, twins)
     fixed = None
     if recipe.get("keep_splits"):
         keep = Path(recipe["keep_splits"])
@@ -447,6 +593,10 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     tiles = add_tiles(records, recipe.get("tiles") or [], out, dist)
     records += tiles
     rows = write(records, out)
+    variants = None
+    if transforms_of(recipe) == "d4":  # tiles have their plain pHash only
+        by_sha = {r.sha256: r.variants or (r.phash,) for r in records}
+        variants = {row["path"]: by_sha[row["sha256"]] for row in rows}
     stats = statistics(rows)
     (out / "stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     (out / "stats.md").write_text(stats_markdown(stats), encoding="utf-8")
@@ -454,7 +604,9 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     report = {"name": recipe.get("name", ""), "images": len(records), "tiles": len(tiles),
               "near_duplicate_groups": sum(1 for n in Counter(r.group for r in records).values() if n > 1),
               "exact_duplicates_dropped": len(dup_problems), "problems": len(problems),
-              "images_per_split": stats["images"], "leaks": leak_report(rows, dist),
+              "images_per_split": stats["images"],
+              "leaks": leak_report(rows, dist, variants, d4_dist), "phash_transforms": transforms_of(recipe),
+              "feature_twin_pairs": len(twins),
               "manifest_sha256": manifest_hash(out)}
     (out / "build.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     logger.info("built %s: %d images, %d problems (see problems.txt)", out, len(records), len(problems))
@@ -464,11 +616,21 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m datasets.build", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", type=Path, required=True, help="recipe yaml (datasets/recipes/<name>.yaml)")
-    ap.add_argument("--out", type=Path, required=True, help="output folder")
+    ap.add_argument("--config", type=Path, help="recipe yaml (datasets/recipes/<name>.yaml)")
+    ap.add_argument("--out", type=Path, help="output folder")
+    ap.add_argument("--audit", type=Path, metavar="DIR",
+                    help="instead of building: look for mirrored / rotated copies across the splits of the dataset "
+                         "built in DIR and write DIR/leaks.csv")
+    ap.add_argument("--phash-distance", type=int, default=6, help="near-duplicate threshold for --audit")
+    ap.add_argument("--no-features", action="store_true", help="--audit by pHash only (no datasets.twins check)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(json.dumps(build(load_recipe(a.config), a.out), indent=2))
+    if a.audit:
+        print(json.dumps(audit(a.audit, a.phash_distance, features=not a.no_features), indent=2))
+    elif a.config and a.out:
+        print(json.dumps(build(load_recipe(a.config), a.out), indent=2))
+    else:
+        ap.error("give --config and --out (build), or --audit DIR")
     return 0
 
 

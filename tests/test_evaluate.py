@@ -16,6 +16,7 @@ from wtivision.evaluate import (
     average_precision,
     evaluate_detector,
     match_image,
+    read_image_list,
     read_labels,
 )
 
@@ -113,6 +114,30 @@ def test_evaluate_cli_writes_json(labelled, tiny_models_dir, tmp_path, capsys):
     assert "mAP50 0.667" in text and "skipped images/test/c empty.jpg" in text
     assert json.loads(out.read_text())["classes"][0]["name"] == "pistol"
     assert main(["evaluate", str(labelled), "--split", "val", "--models-dir", str(tiny_models_dir)]) == 2
+
+
+def test_excluded_images_are_left_out_and_listed(labelled, tiny_models_dir, tmp_path, capsys):
+    """Leaving out photo b (its landmine is never found) lifts mAP50 from 2/3 to 1; the CLI reads the list
+    from a leaks.csv as ``datasets.build --audit`` writes it, and from a plain list."""
+    from wtivision.cli import main
+
+    leaks = tmp_path / "leaks.csv"
+    leaks.write_text("path,split,twin,twin_split,distance\nimages/test/b.png,test,images/train/x.jpg,train,0\n"
+                     "images/test/b.png,test,images/train/y.jpg,train,4\n")
+    plain = tmp_path / "list.txt"
+    plain.write_text("# left out\nimages/test/b.png\n\n")
+    assert read_image_list(leaks) == ["images/test/b.png", "images/test/b.png"]
+    assert read_image_list(plain) == ["images/test/b.png"]
+    for f in (leaks, plain):
+        out = tmp_path / f"{f.stem}.json"
+        assert main(["evaluate", str(labelled), "--models-dir", str(tiny_models_dir), "--exclude", str(f),
+                     "--json", str(out), "-q"]) == 0
+        text = capsys.readouterr().out
+        assert "mAP50 1.000" in text and "(1 left out: --exclude)" in text
+        ev = DetectorEval.from_dict(json.loads(out.read_text()))
+        assert ev.images == 1 and ev.excluded == ["images/test/b.png"]
+        per = {c.name: c for c in ev.classes}
+        assert per["pistol"].ground_truth == 1 and "landmine_uxo" not in per  # only photo b had one
 
 
 def test_case_head_localisation_counts_each_head_once():

@@ -40,7 +40,7 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     ds = tmp_path / "ds"
     assert build_main(["--config", str(recipe), "--out", str(ds)]) == 0
     build = json.loads((ds / "build.json").read_text())
-    assert build["leaks"] == {"sha256_overlap": 0, "near_duplicate_pairs": 0}
+    assert build["leaks"] == {"sha256_overlap": 0, "near_duplicate_pairs": 0, "d4_near_duplicate_pairs": 0}
 
     cfg = tmp_path / "train.yaml"
     cfg.write_text(f"name: e2e\nmodel: yolov8n.yaml\ndata: {ds}\nepochs: 1\nimgsz: 96\nbatch: 2\nworkers: 0\n"

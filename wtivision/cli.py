@@ -172,7 +172,7 @@ def cmd_export(args) -> int:
 def cmd_evaluate(args) -> int:
     import json
 
-    from .evaluate import evaluate_detector
+    from .evaluate import evaluate_detector, read_image_list
     from .registry import Registry
     from .runtime import RuntimeOptions, YoloDetector
 
@@ -183,14 +183,16 @@ def cmd_evaluate(args) -> int:
         return 2
     det = YoloDetector(spec, reg, RuntimeOptions(intra_threads=args.threads), conf_threshold=args.min_conf,
                        iou_threshold=args.iou)
+    exclude = read_image_list(args.exclude) if args.exclude else []
     bar, progress = _progress_bar(args.quiet)
     try:
         ev = evaluate_detector(det, args.dataset, args.split, operating_conf=args.conf, progress=progress,
-                               tiles=args.tiles)
+                               tiles=args.tiles, exclude=exclude)
     finally:
         bar.close()
     print(f"{ev.model}{' (tiled)' if ev.tiles else ''} on {ev.dataset} [{ev.split}]: {ev.images} images, "
-          f"mAP50 {ev.map50:.3f}, mAP50-95 {ev.map50_95:.3f}")
+          f"mAP50 {ev.map50:.3f}, mAP50-95 {ev.map50_95:.3f}"
+          + (f" ({len(ev.excluded)} left out: --exclude)" if ev.excluded else ""))
     print(f"  {'class':24s} {'boxes':>6s} {'AP50':>6s} {'AP50-95':>8s}  P/R at conf {ev.operating_conf:g}")
     for c in ev.classes:
         note = "" if c.trained else "  (class not trained: its outputs are dropped)"
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     v.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0 = all cores)")
     v.add_argument("--tiles", action="store_true", help="detect as `scan --tiles` does (whole photo + tiles)")
+    v.add_argument("--exclude", metavar="FILE",
+                   help="images to leave out: a list of paths relative to DATASET, one per line, or a CSV with a "
+                        "'path' column such as the leaks.csv of `python -m datasets.build --audit`")
     v.add_argument("--json", help="write the evaluation as JSON here")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_evaluate)

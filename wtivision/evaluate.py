@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +63,7 @@ class DetectorEval(_Element):
     classes: list[ClassEval] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
     tiles: bool = False  # the tiled passes (YoloDetector.tiled_boxes) were added to the whole-image pass
+    excluded: list[str] = field(default_factory=list)  # images of the split left out on purpose (``exclude``)
 
     def per_class_ap50(self) -> dict[str, float]:
         return {c.name: c.ap50 for c in self.classes}
@@ -224,16 +225,24 @@ def split_images(root: Path, split: str) -> Iterator[tuple[Path, Path]]:
 
 def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "test",
                       names: list[str] | None = None, operating_conf: float = 0.25,
-                      progress: Callable[[int, int], None] | None = None, tiles: bool = False) -> DetectorEval:
+                      progress: Callable[[int, int], None] | None = None, tiles: bool = False,
+                      exclude: Collection[str] = ()) -> DetectorEval:
     """Run ``detector`` on every image of the split and compare with its labels.
 
     Set the detector's ``conf_threshold`` low (e.g. 0.001) to measure AP over the whole score range;
     ``operating_conf`` is where precision and recall are reported. Label indices are named by ``names``,
     else by the folder's ``data.yaml``, else by the model's classes, and matched to the model by name.
-    ``tiles`` runs the detector as ``wtivision scan --tiles`` does (whole image + tiles).
+    ``tiles`` runs the detector as ``wtivision scan --tiles`` does (whole image + tiles). ``exclude`` names
+    images (paths relative to ``root``, as in ``images/test/x.jpg``) to leave out, e.g. the test images that
+    ``python -m datasets.build --audit`` found mirrored or rotated in the training split; they are listed in
+    the result's ``excluded``.
     """
     root = Path(root)
-    pairs = list(split_images(root, split))
+    skip = {Path(p).as_posix() for p in exclude}
+    pairs, excluded = [], []
+    for img_path, lbl_path in split_images(root, split):
+        key = img_path.relative_to(root).as_posix()
+        (excluded.append(key) if key in skip else pairs.append((img_path, lbl_path)))
     label_names = names or dataset_names(root) or list(detector.spec.classes)
     model_names = list(detector.spec.classes)
     unknown = sorted(set(label_names) - set(model_names))
@@ -281,5 +290,17 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
         images=len(pairs) - len(errors), operating_conf=operating_conf,
         map50=round(float(np.mean([c.ap50 for c in with_gt])), 4) if with_gt else 0.0,
         map50_95=round(float(np.mean([c.ap50_95 for c in with_gt])), 4) if with_gt else 0.0,
-        classes=classes, errors=errors, tiles=tiles,
+        classes=classes, errors=errors, tiles=tiles, excluded=excluded,
     )
+
+
+def read_image_list(path: str | Path) -> list[str]:
+    """Image paths from a file: the ``path`` column of a CSV with a header (``leaks.csv`` of
+    ``datasets.build --audit``), else one path per line; blank lines and ``#`` comments are skipped."""
+    import csv
+
+    text = Path(path).read_text(encoding="utf-8")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if lines and "," in lines[0] and "path" in [c.strip() for c in lines[0].split(",")]:
+        return [row["path"] for row in csv.DictReader(lines) if row.get("path")]
+    return lines

@@ -1,0 +1,150 @@
+"""Near-duplicate photos that a perceptual hash misses: copies rotated by any angle, cropped, re-framed,
+shifted in colour, or other frames of the same video scene.
+
+Public detection sets (Roboflow exports above all) hold several augmented copies of one photo under
+different names, and a copy rotated by 15 degrees with black corners, or cropped to 80 %, has a pHash far
+from the original's. Two steps find them:
+
+1. *candidates*: for each photo, the ``k`` most similar other photos by a colour histogram and by a grey
+   histogram of its non-black pixels (both unchanged by rotation, flips, crops of the background);
+2. *check*: ORB key points of the pair (and of the mirrored photo) are matched and a similarity transform
+   (rotation, scale within 0.5-2, shift) is fitted by RANSAC; the pair is a twin if at least
+   ``min_inliers`` matches agree with it. Two different photos of similar pistols on white rarely get 10.
+
+Limits: a plain photo with few key points (a bare object on white, a blank wall) cannot be matched; the
+pHash checks still catch its plain and mirrored copies. Candidates come from the histograms, so a copy
+whose colours and grey levels both changed a lot is not checked.
+
+Used by ``datasets.build`` (recipe ``match_features``) to keep twins in one split, and by
+``python -m datasets.build --audit`` to list the twins an older split let through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MAX_SIDE = 480  # photos are matched at this size (longer side)
+FEATURES = 500  # ORB key points per photo
+MIN_INLIERS = 20  # matches consistent with one similarity transform that make a pair twins
+CANDIDATES = 8  # per photo and histogram kind
+_BLACK = 12  # pixels darker than this in every channel are left out of the histograms (rotation padding)
+
+
+@dataclass
+class Signature:
+    """What the twin check needs of one photo (about 40 KB)."""
+
+    colour: np.ndarray  # HSV histogram 12x6x6 of the non-black pixels, sums to 1
+    grey: np.ndarray  # grey-level histogram, 32 bins, of the same pixels, sums to 1
+    points: np.ndarray  # (n, 2) ORB key point positions
+    descriptors: np.ndarray  # (n, 32) uint8
+    mirrored_points: np.ndarray  # the same for the left-right mirrored photo
+    mirrored_descriptors: np.ndarray
+
+
+def _orb(grey: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    kps, des = cv2.ORB_create(FEATURES).detectAndCompute(grey, None)
+    if des is None:
+        return np.zeros((0, 2), np.float32), np.zeros((0, 32), np.uint8)
+    return np.float32([k.pt for k in kps]), des
+
+
+def _histogram(values: np.ndarray, mask: np.ndarray, channels: list[int], bins: list[int],
+               ranges: list[int]) -> np.ndarray:
+    import cv2
+
+    h = cv2.calcHist([values], channels, mask, bins, ranges).ravel()
+    return h / h.sum() if h.sum() else h
+
+
+def signature(path: str | Path) -> Signature:
+    """Histograms and ORB features of a photo (and of its mirror image); raises ValueError if unreadable."""
+    import cv2
+
+    im = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if im is None:
+        raise ValueError(f"{path}: not readable as an image")
+    scale = MAX_SIDE / max(im.shape[:2])
+    if scale < 1:
+        im = cv2.resize(im, (round(im.shape[1] * scale), round(im.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    mask = (im.max(axis=2) > _BLACK).astype(np.uint8)
+    grey = cv2.cvtColor(im, cv2.COLOR_BGR2GRAY)
+    pts, des = _orb(grey)
+    mpts, mdes = _orb(np.ascontiguousarray(grey[:, ::-1]))
+    hsv = cv2.cvtColor(im, cv2.COLOR_BGR2HSV)
+    return Signature(_histogram(hsv, mask, [0, 1, 2], [12, 6, 6], [0, 180, 0, 256, 0, 256]),
+                     _histogram(grey, mask, [0], [32], [0, 256]), pts, des, mpts, mdes)
+
+
+def inliers(a: Signature, b: Signature) -> int:
+    """Matches between ``a`` (or its mirror image) and ``b`` consistent with one similarity transform."""
+    import cv2
+
+    best = 0
+    if len(b.descriptors) < 2:
+        return 0
+    matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
+    for pts, des in ((a.points, a.descriptors), (a.mirrored_points, a.mirrored_descriptors)):
+        if len(des) < 2:
+            continue
+        good = [m[0] for m in matcher.knnMatch(des, b.descriptors, k=2)
+                if len(m) == 2 and m[0].distance < 0.75 * m[1].distance]  # Lowe's ratio test
+        if len(good) < max(best, 3):
+            continue
+        src = pts[[m.queryIdx for m in good]]
+        dst = b.points[[m.trainIdx for m in good]]
+        m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=5.0)
+        if m is not None and 0.5 < float(np.hypot(m[0, 0], m[1, 0])) < 2.0:
+            best = max(best, int(inl.sum()))
+    return best
+
+
+def candidates(query: Sequence[Signature], refs: Sequence[Signature], k: int = CANDIDATES,
+               same: bool = False) -> list[np.ndarray]:
+    """For each query, the indices of the ``k`` refs with the most similar colour histogram and the ``k``
+    with the most similar grey histogram (histogram intersection); ``same``: query and refs are one list,
+    a photo is not its own candidate."""
+    if not len(refs):
+        return [np.zeros(0, np.int64) for _ in query]
+    out = []
+    for kind in ("colour", "grey"):
+        r = np.stack([getattr(s, kind) for s in refs]).astype(np.float32)
+        top = []
+        for i, q in enumerate(query):
+            sim = np.minimum(r, getattr(q, kind)).sum(axis=1)
+            if same:
+                sim[i] = -1.0
+            kk = min(k, len(refs) - (1 if same else 0))
+            top.append(np.argpartition(-sim, kk - 1)[:kk] if kk > 0 else np.zeros(0, np.int64))
+        out.append(top)
+    return [np.unique(np.concatenate([a, b])) for a, b in zip(*out)]
+
+
+def find_twins(query: Sequence[Signature], refs: Sequence[Signature] | None = None, k: int = CANDIDATES,
+               min_inliers: int = MIN_INLIERS, extra: dict[int, Sequence[int]] | None = None,
+               progress: Callable[[int, int], None] | None = None) -> list[tuple[int, int, int]]:
+    """Twin pairs ``(query index, ref index, inliers)``; without ``refs`` the query list is matched with
+    itself (each pair once, ``i < j``). ``extra`` adds candidates (query index -> ref indices), e.g. the
+    pairs a pHash found but could not decide."""
+    same = refs is None
+    refs = query if refs is None else refs
+    cand = candidates(query, refs, k, same)
+    pairs: dict[tuple[int, int], int] = {}
+    for i, js in enumerate(cand):
+        for j in {*map(int, js), *map(int, (extra or {}).get(i, ()))}:
+            key = (min(i, j), max(i, j)) if same else (i, j)
+            if (same and i == j) or key in pairs:
+                continue
+            pairs[key] = inliers(query[i], refs[j])
+        if progress:
+            progress(i + 1, len(query))
+    return sorted((i, j, n) for (i, j), n in pairs.items() if n >= min_inliers)
