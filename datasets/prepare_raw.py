@@ -9,6 +9,9 @@ Reads only the local git directory (no network). For each image under ``<prefix>
 - Roboflow exports hold up to three augmented copies of a source image (``name_jpg.rf.<hash>.jpg``); only
   one copy per source image is kept (the one from valid/test when there is one, those are unaugmented,
   else the first by name), so near-identical copies cannot straddle our own train/test split;
+- ``--tiles-not-copies``: for a set whose ``.rf.`` files are distinct tiles of one large photo (Roboflow's
+  tiling gives every tile the large photo's name), every file is kept; ``--splits`` then limits the
+  source's split folders read (e.g. ``valid,test``: Roboflow augments only its train split);
 - images are downscaled to at most 640 px on the longer side and re-encoded as JPEG quality 90;
   normalised YOLO boxes are unchanged by a uniform resize, so the label files are copied as they are;
 - ``--max`` keeps a seeded random subset (recorded in ``PROVENANCE.json``).
@@ -71,6 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--licence", default="unknown")
     ap.add_argument("--origin", default="")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / ".data" / "raw")
+    ap.add_argument("--splits", default="", help="comma-separated source split folders to read (default: all)")
+    ap.add_argument("--tiles-not-copies", action="store_true",
+                    help="keep every .rf. file: they are tiles of one photo, not augmented copies of it")
     a = ap.parse_args(argv)
 
     import yaml
@@ -80,11 +86,12 @@ def main(argv: list[str] | None = None) -> None:
     names = (a.names.split(",") if a.names
              else yaml.safe_load(git(a.git_dir, "show", f"{commit}:{a.prefix}data.yaml"))["names"])
     chosen: dict[str, str] = {}
-    for split in SPLIT_DIRS:
+    splits = [s for s in SPLIT_DIRS if not a.splits or s in a.splits.split(",")]
+    for split in splits:
         for f in sorted(files):
             folder = f"{a.prefix}{split}/images/" if split else f"{a.prefix}images/"
             if f.startswith(folder) and f.lower().endswith((".jpg", ".jpeg", ".png")):
-                chosen.setdefault(base_name(f), f)
+                chosen.setdefault(f if a.tiles_not_copies else base_name(f), f)
     keys = sorted(chosen)
     if a.max and len(keys) > a.max:
         keys = sorted(random.Random(a.seed).sample(keys, a.max))
@@ -120,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "data.yaml").write_text(yaml.safe_dump({"names": list(names)}), encoding="utf-8")
     prov = {"source": a.source, "git_dir": str(a.git_dir), "commit": commit, "origin": a.origin, "licence": a.licence,
             "unique_source_images": len(chosen), "kept": len(kept), "boxes": boxes, "images_without_boxes": empty,
-            "max": a.max, "seed": a.seed, "names": list(names), "unreadable": unreadable, "files": kept}
+            "max": a.max, "seed": a.seed, "names": list(names), "splits": splits,
+            "tiles_not_copies": a.tiles_not_copies, "unreadable": unreadable, "files": kept}
     (out / "PROVENANCE.json").write_text(json.dumps(prov, indent=1), encoding="utf-8")
     print(json.dumps({k: v for k, v in prov.items() if k != "files"}))
 

@@ -442,6 +442,34 @@ def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path
     assert (out / "phones" / "labels" / f"{big}.txt").read_text() == "0 0.5 0.5 0.25 0.5\n"
 
 
+def test_prepare_raw_keeps_roboflow_tiles_and_reads_chosen_splits(tmp_path):
+    """Roboflow tiles of one mosaic share its name (``mosaic_jpg.rf.<hash>.jpg``): by default they collapse to
+    one image (the augmented-copy rule); ``--tiles-not-copies`` keeps each; ``--splits`` skips the others."""
+    import subprocess
+
+    from datasets import prepare_raw
+
+    work = tmp_path / "src"
+    for split, n in (("train", 3), ("valid", 2), ("test", 2)):
+        for i in range(n):
+            name = f"mosaic_{split}_jpg.rf.{i:032x}"
+            _img(work / split / "images" / f"{name}.jpg", 64, 64, seed=10 * len(split) + i)
+            (work / split / "labels").mkdir(parents=True, exist_ok=True)
+            (work / split / "labels" / f"{name}.txt").write_text("1 0.5 0.5 0.1 0.1\n" if i == 0 else "")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin:/usr/local/bin"}
+    for cmd in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "set"]):
+        subprocess.run(["git", *cmd], cwd=work, check=True, env=env)
+    base = ["--git-dir", str(work / ".git"), "--source", "mines", "--names", "casing,mine", "--out"]
+    prepare_raw.main([*base, str(tmp_path / "a")])
+    prov = json.loads((tmp_path / "a" / "mines" / "PROVENANCE.json").read_text())
+    assert prov["kept"] == 3  # one per mosaic name: train, valid, test
+    prepare_raw.main([*base, str(tmp_path / "b"), "--tiles-not-copies", "--splits", "valid,test"])
+    prov = json.loads((tmp_path / "b" / "mines" / "PROVENANCE.json").read_text())
+    assert (prov["kept"], prov["boxes"], prov["images_without_boxes"]) == (4, 2, 2)
+    assert all("/train/" not in v for v in prov["files"].values()) and prov["splits"] == ["valid", "test"]
+
+
 def test_tiles_are_crops_of_train_and_val_photos_with_their_boxes(tmp_path):
     from datasets.tiles import clip_boxes, windows
 
