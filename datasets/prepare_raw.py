@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--origin", default="")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / ".data" / "raw")
     ap.add_argument("--splits", default="", help="comma-separated source split folders to read (default: all)")
+    ap.add_argument("--include", default="", help="regular expression: only image paths it matches (e.g. one flight)")
     ap.add_argument("--tiles-not-copies", action="store_true",
                     help="keep every .rf. file: they are tiles of one photo, not augmented copies of it")
     a = ap.parse_args(argv)
@@ -90,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     for split in splits:
         for f in sorted(files):
             folder = f"{a.prefix}{split}/images/" if split else f"{a.prefix}images/"
-            if f.startswith(folder) and f.lower().endswith((".jpg", ".jpeg", ".png")):
+            if (f.startswith(folder) and f.lower().endswith((".jpg", ".jpeg", ".png"))
+                    and (not a.include or re.search(a.include, f))):
                 chosen.setdefault(f if a.tiles_not_copies else base_name(f), f)
     keys = sorted(chosen)
     if a.max and len(keys) > a.max:
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "data.yaml").write_text(yaml.safe_dump({"names": list(names)}), encoding="utf-8")
     prov = {"source": a.source, "git_dir": str(a.git_dir), "commit": commit, "origin": a.origin, "licence": a.licence,
             "unique_source_images": len(chosen), "kept": len(kept), "boxes": boxes, "images_without_boxes": empty,
-            "max": a.max, "seed": a.seed, "names": list(names), "splits": splits,
+            "max": a.max, "seed": a.seed, "names": list(names), "splits": splits, "include": a.include,
             "tiles_not_copies": a.tiles_not_copies, "unreadable": unreadable, "files": kept}
     (out / "PROVENANCE.json").write_text(json.dumps(prov, indent=1), encoding="utf-8")
     print(json.dumps({k: v for k, v in prov.items() if k != "files"}))

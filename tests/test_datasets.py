@@ -468,6 +468,9 @@ def test_prepare_raw_keeps_roboflow_tiles_and_reads_chosen_splits(tmp_path):
     prov = json.loads((tmp_path / "b" / "mines" / "PROVENANCE.json").read_text())
     assert (prov["kept"], prov["boxes"], prov["images_without_boxes"]) == (4, 2, 2)
     assert all("/train/" not in v for v in prov["files"].values()) and prov["splits"] == ["valid", "test"]
+    prepare_raw.main([*base, str(tmp_path / "c"), "--tiles-not-copies", "--include", r"mosaic_(train|test)_"])
+    prov = json.loads((tmp_path / "c" / "mines" / "PROVENANCE.json").read_text())
+    assert prov["kept"] == 5 and not any("valid" in v for v in prov["files"].values())
 
 
 def test_tiles_are_crops_of_train_and_val_photos_with_their_boxes(tmp_path):
