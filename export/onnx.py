@@ -466,7 +466,8 @@ def card_text(r: dict[str, Any]) -> str:
 {sources}
 
 ## Classes, training evidence and test-split metrics
-Test split (never trained on, no near-duplicates of training images): {headline}.
+Test split (never trained on; near-duplicates of training images kept out as far as the dataset build
+found them: see its build.json and `python -m datasets.build --audit`): {headline}.
 
 {md_table(['class', 'train boxes (photo)', 'train boxes (synthetic)', 'evidence', metric_col], rows)}
 
