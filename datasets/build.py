@@ -17,6 +17,9 @@ Recipe (yaml; relative paths are relative to the recipe file)::
                                  # cropped, recoloured, frames of one video scene); false in v1-v1.3
     keep_splits: ../../runs/data/detector-v1/manifest.csv   # optional: images (and their near-duplicates)
                                  # listed there keep that split; only new images are drawn
+    keep_splits_only: [test]     # optional: pin only the images of these splits of that manifest
+    keep_splits_skip: ../../runs/data/detector-v1/leaks.csv  # optional: and not these (paths, e.g. --audit's
+                                 # leaks.csv: an old test photo with a twin in train is drawn afresh)
     sources:
       - name: granada-pistols
         format: voc              # yolo | coco | voc | csv | scenes
@@ -567,6 +570,16 @@ def audit(root: Path, max_distance: int = 6, d4_distance: int = 2, features: boo
             "images": {s: sum(1 for r in rows if r["split"] == s) for s in SPLITS}, "written": str(root / LEAKS)}
 
 
+def _recipe_file(recipe: dict[str, Any], key: str) -> Path:
+    """The existing file a recipe key names (relative to the recipe's folder)."""
+    path = Path(recipe[key])
+    if not path.is_absolute():
+        path = Path(recipe.get("_base", ".")) / path
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: no file at {path}")
+    return path
+
+
 def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run the whole build; return the summary also written to ``out/build.json``."""
     out = Path(out)
@@ -580,13 +593,16 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     group_duplicates(records, dist, d4_dist, twins)
     fixed = None
     if recipe.get("keep_splits"):
-        keep = Path(recipe["keep_splits"])
-        if not keep.is_absolute():
-            keep = Path(recipe.get("_base", ".")) / keep
-        if not keep.is_file():
-            raise FileNotFoundError(f"keep_splits: no manifest at {keep}")
+        keep = _recipe_file(recipe, "keep_splits")
+        only = set(recipe.get("keep_splits_only") or SPLITS)
+        skip = set()
+        if recipe.get("keep_splits_skip"):
+            from wtivision.evaluate import read_image_list
+
+            skip = set(read_image_list(_recipe_file(recipe, "keep_splits_skip")))
         with keep.open(newline="", encoding="utf-8") as fh:
-            fixed = {row["sha256"]: row["split"] for row in csv.DictReader(fh)}
+            fixed = {row["sha256"]: row["split"] for row in csv.DictReader(fh)
+                     if row["split"] in only and row["path"] not in skip}
         logger.info("keeping the splits of %d images from %s", len(fixed), keep)
     assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)),
                   fixed)

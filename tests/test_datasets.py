@@ -374,7 +374,7 @@ def test_scenes_with_text_objects_box_the_stamped_text(tmp_path):
     assert (out / "preview.jpg").is_file() and len(list((out / "labels" / "train").glob("*.txt"))) == 4
 
 
-def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path):
+def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path, caplog):
     first = tmp_path / "r1.yaml"
     head = "seed: 0\nsplit: {train: 0.6, val: 0.2, test: 0.2}\n"
     first.write_text("name: a\n" + head + "sources:\n  - {name: a, format: scenes, n: 30, seed: 8, size: 96,"
@@ -397,6 +397,21 @@ def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path):
     build(load_recipe(unpinned), tmp_path / "v3")
     moved = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "v3")}
     assert any(moved[h] != s for h, s in before.items())  # what keep_splits prevents
+    # pin only v1's test photos, but one of them (listed as leaked): the other test photos stay, the rest is drawn
+    v1_rows = read_manifest(tmp_path / "v1")
+    tests = sorted(r["path"] for r in v1_rows if r["split"] == "test")
+    (tmp_path / "v1" / "leaks.csv").write_text(f"path,split\n{tests[0]},test\n")
+    partial = tmp_path / "r5.yaml"
+    partial.write_text("name: e\n" + head + "keep_splits: v1/manifest.csv\nkeep_splits_only: [test]\n"
+                       "keep_splits_skip: v1/leaks.csv\nsources:\n" + sources)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="datasets.build"):
+        build(load_recipe(partial), tmp_path / "v5")
+    pinned = {r["sha256"]: r["split"] for r in read_manifest(tmp_path / "v5")}
+    sha = {r["path"]: r["sha256"] for r in v1_rows}
+    assert all(pinned[sha[p]] == "test" for p in tests[1:])
+    assert any(pinned[h] != s for h, s in before.items() if s != "test")  # train / val drawn afresh
+    assert f"keeping the splits of {len(tests) - 1} images" in caplog.text  # only the unlisted test photos
     missing = tmp_path / "r4.yaml"
     missing.write_text("name: d\nseed: 0\nkeep_splits: nowhere.csv\nsources:\n" + sources)
     with pytest.raises(FileNotFoundError, match="keep_splits"):
