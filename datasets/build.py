@@ -555,7 +555,13 @@ def audit(root: Path, max_distance: int = 6, d4_distance: int = 2, features: boo
     ``wtivision evaluate --exclude ROOT/leaks.csv`` then leaves those val / test images out."""
     root = Path(root)
     rows = read_manifest(root)
-    variants = {r["path"]: phash_d4(root / r["path"]) for r in rows if r["split"] != "train"}
+    variants = {}
+    for r in rows:
+        if r["split"] != "train":
+            try:
+                variants[r["path"]] = phash_d4(root / r["path"])
+            except Exception as exc:  # noqa: BLE001 - an unreadable file keeps its manifest pHash only
+                logger.warning("audit: %s unreadable (%s): compared by its manifest pHash only", r["path"], exc)
     pairs = leak_pairs(rows, max_distance, variants, d4_distance)
     if features:
         pairs += feature_leak_pairs(rows, root, progress)

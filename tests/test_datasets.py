@@ -292,6 +292,9 @@ def test_build_groups_feature_twins(tmp_path):
                for i, f in enumerate(textured))
     assert len({rows[f"images/train/{f.name}"]["split"] for f in textured}) > 1  # not all in one split by chance
     assert audit(tmp_path / "ds", 8)["pairs"] == {}
+    broken = next(r for r in rows.values() if r["split"] == "test")
+    (tmp_path / "ds" / broken["path"]).write_bytes(b"no longer a jpeg")  # damaged after the build
+    assert audit(tmp_path / "ds", 8)["images"]["test"] == sum(r["split"] == "test" for r in rows.values())
 
 
 def test_build_stratifies_and_handles_image_labels(tmp_path):
