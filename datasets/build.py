@@ -53,7 +53,7 @@ of an image's seven mirrored / quarter-turn-rotated versions are compared as wel
 exports above all) hold flipped and rotated copies of the same photo under other names, and plain pHash
 does not see them. With ``match_features: true`` (the default) ``datasets.twins`` finds the copies rotated
 by other angles, cropped or recoloured, and other frames of one video scene, by ORB key points checked with
-a similarity transform. detector-v1.3's split, built with neither, has 290 of its 672 test photos with such
+a similarity transform. detector-v1.3's split, built with neither, has 326 of its 672 test photos with such
 a twin in train or val (``--audit``). Groups are split per stratum (the group's rarest
 class) with the recipe's seed.
 
@@ -238,20 +238,14 @@ def group_duplicates(records: list[Record], max_distance: int, d4_distance: int 
         r.group = find(i)
 
 
-def feature_twins(paths: list[Path], min_inliers: int | None = None) -> list[tuple[int, int]]:
+def feature_twins(paths: list[Path]) -> list[tuple[int, int]]:
     """Index pairs of twins among ``paths`` (``datasets.twins``); an unreadable file has none."""
     from datasets import twins
 
-    sigs, index = [], []
-    for k, path in enumerate(paths):
-        try:
-            sigs.append(twins.signature(path))
-            index.append(k)
-        except ValueError as exc:
-            logger.warning("twin check skips %s", exc)
+    sigs = twins.signatures(paths)
+    index = list(sigs)
     logger.info("twin check: %d photos", len(sigs))
-    pairs = twins.find_twins(sigs, min_inliers=min_inliers or twins.MIN_INLIERS)
-    return [(index[i], index[j]) for i, j, _ in pairs]
+    return [(index[i], index[j]) for i, j, _ in twins.find_twins(list(sigs.values()))]
 
 
 def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
@@ -516,12 +510,7 @@ def feature_leak_pairs(rows: list[dict[str, Any]], root: Path,
     from datasets import twins
 
     by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
-    sigs = {}
-    for r in rows:
-        try:
-            sigs[r["path"]] = twins.signature(root / r["path"])
-        except ValueError as exc:
-            logger.warning("twin check skips %s", exc)
+    sigs = {rows[k]["path"]: s for k, s in twins.signatures([root / r["path"] for r in rows]).items()}
     pairs = []
     for i, a in enumerate(SPLITS):
         ref = [r for r in by_split[a] if r["path"] in sigs]
@@ -538,12 +527,12 @@ def leak_report(rows: list[dict[str, Any]], max_distance: int, variants: dict[st
                 d4_distance: int | None = None) -> dict[str, int]:
     """Cross-split overlaps in a manifest: equal SHA-256 and pHash pairs within ``max_distance`` (both must
     be zero), and with ``variants`` (see ``leak_pairs``) the pairs that are mirrored / rotated copies too."""
-    by_split = {s: [r for r in rows if r["split"] == s] for s in SPLITS}
-    sha_overlap = sum(r["sha256"] in {x["sha256"] for x in by_split[b]}
-                      for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:] for r in by_split[a])
-    report = {"sha256_overlap": sha_overlap, "near_duplicate_pairs": len(leak_pairs(rows, max_distance))}
+    shas = {s: {r["sha256"] for r in rows if r["split"] == s} for s in SPLITS}
+    sha_overlap = sum(len(shas[a] & shas[b]) for i, a in enumerate(SPLITS) for b in SPLITS[i + 1:])
+    pairs = leak_pairs(rows, max_distance, variants, d4_distance)  # a plain-pHash pair is one whatever the variants
+    report = {"sha256_overlap": sha_overlap, "near_duplicate_pairs": sum(p["method"] == "phash" for p in pairs)}
     if variants is not None:
-        report["d4_near_duplicate_pairs"] = len(leak_pairs(rows, max_distance, variants, d4_distance))
+        report["d4_near_duplicate_pairs"] = len(pairs)
     return report
 
 
@@ -595,6 +584,7 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     problems += dup_problems
     dist = int(recipe.get("phash_distance", 6))
     d4_dist = int(recipe.get("phash_d4_distance", 2))
+    d4 = transforms_of(recipe) == "d4"
     twins = feature_twins([r.item.image for r in records]) if recipe.get("match_features", True) else []
     group_duplicates(records, dist, d4_dist, twins)
     fixed = None
@@ -616,7 +606,7 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     records += tiles
     rows = write(records, out)
     variants = None
-    if transforms_of(recipe) == "d4":  # tiles have their plain pHash only
+    if d4:  # tiles have their plain pHash only
         by_sha = {r.sha256: r.variants or (r.phash,) for r in records}
         variants = {row["path"]: by_sha[row["sha256"]] for row in rows}
     stats = statistics(rows)
@@ -627,7 +617,7 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
               "near_duplicate_groups": sum(1 for n in Counter(r.group for r in records).values() if n > 1),
               "exact_duplicates_dropped": len(dup_problems), "problems": len(problems),
               "images_per_split": stats["images"],
-              "leaks": leak_report(rows, dist, variants, d4_dist), "phash_transforms": transforms_of(recipe),
+              "leaks": leak_report(rows, dist, variants, d4_dist), "phash_transforms": "d4" if d4 else "none",
               "feature_twin_pairs": len(twins),
               "manifest_sha256": manifest_hash(out)}
     (out / "build.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -129,18 +129,28 @@ def candidates(query: Sequence[Signature], refs: Sequence[Signature], k: int = C
     return [np.unique(np.concatenate([a, b])) for a, b in zip(*out)]
 
 
+def signatures(paths: Sequence[str | Path]) -> dict[int, Signature]:
+    """``signature`` of each path, by its index; an unreadable file is left out with a warning."""
+    out = {}
+    for k, path in enumerate(paths):
+        try:
+            out[k] = signature(path)
+        except ValueError as exc:
+            logger.warning("twin check skips %s", exc)
+    return out
+
+
 def find_twins(query: Sequence[Signature], refs: Sequence[Signature] | None = None, k: int = CANDIDATES,
-               min_inliers: int = MIN_INLIERS, extra: dict[int, Sequence[int]] | None = None,
+               min_inliers: int = MIN_INLIERS,
                progress: Callable[[int, int], None] | None = None) -> list[tuple[int, int, int]]:
     """Twin pairs ``(query index, ref index, inliers)``; without ``refs`` the query list is matched with
-    itself (each pair once, ``i < j``). ``extra`` adds candidates (query index -> ref indices), e.g. the
-    pairs a pHash found but could not decide."""
+    itself (each pair once, ``i < j``)."""
     same = refs is None
     refs = query if refs is None else refs
     cand = candidates(query, refs, k, same)
     pairs: dict[tuple[int, int], int] = {}
     for i, js in enumerate(cand):
-        for j in {*map(int, js), *map(int, (extra or {}).get(i, ()))}:
+        for j in map(int, js):
             key = (min(i, j), max(i, j)) if same else (i, j)
             if (same and i == j) or key in pairs:
                 continue

@@ -242,7 +242,10 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
     pairs, excluded = [], []
     for img_path, lbl_path in split_images(root, split):
         key = img_path.relative_to(root).as_posix()
-        (excluded.append(key) if key in skip else pairs.append((img_path, lbl_path)))
+        if key in skip:
+            excluded.append(key)
+        else:
+            pairs.append((img_path, lbl_path))
     label_names = names or dataset_names(root) or list(detector.spec.classes)
     model_names = list(detector.spec.classes)
     unknown = sorted(set(label_names) - set(model_names))
