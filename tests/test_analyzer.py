@@ -164,3 +164,40 @@ def test_settings_that_change_results_change_the_model_set(tiny_models_dir):
         ids.add(a.model_set)
     assert Analyzer(models_dir=tiny_models_dir, tiles=True).model_set == Analyzer(
         models_dir=tiny_models_dir, tiles=True).model_set
+
+
+def test_a_non_default_detector_can_be_chosen_by_name(tiny_models_dir, tmp_path):
+    """`Analyzer(detector=NAME)` / `scan --detector NAME`: a second detector of the manifest (here one that sees
+    only a cartridge) replaces the default; the findings name it; unknown names and non-detectors are refused."""
+    from tests.conftest import TINY_CLASSES, TINY_RAW, build_constant_detector
+    from wtivision.cli import main as cli_main
+    from wtivision.errors import ModelError
+    from wtivision.registry import ModelSpec, sha256_file, write_manifest_entry
+
+    raw = TINY_RAW.copy()
+    raw[0, 4, :] = 0.01  # no pistol in the second model
+    build_constant_detector(tiny_models_dir / "other.onnx", raw)
+    write_manifest_entry(tiny_models_dir, ModelSpec(
+        name="other-detector", file="other.onnx", sha256=sha256_file(tiny_models_dir / "other.onnx"),
+        task="detect", classes=TINY_CLASSES, input_size=[64, 64], role="detector", default=False))
+    photo = write_photo(tmp_path / "p.jpg", w=320, h=240)
+    default = Analyzer(models_dir=tiny_models_dir, ocr=False).analyze(photo)
+    other = Analyzer(models_dir=tiny_models_dir, ocr=False, detector="other-detector").analyze(photo)
+    assert [d.label for d in default.detections] == ["pistol", "cartridge"]
+    assert [d.label for d in other.detections] == ["cartridge"]
+    assert default.models[0].name == "tiny-detector" and other.models[0].name == "other-detector"
+    with pytest.raises(ModelNotFoundError, match="nope"):
+        Analyzer(models_dir=tiny_models_dir, ocr=False, detector="nope")
+    write_manifest_entry(tiny_models_dir, ModelSpec(
+        name="a-classifier", file="other.onnx", sha256=sha256_file(tiny_models_dir / "other.onnx"),
+        task="classify", classes=["x"], input_size=[64, 64], role="typology", default=False))
+    with pytest.raises(ModelError, match="not a detector"):
+        Analyzer(models_dir=tiny_models_dir, ocr=False, detector="a-classifier")
+    out = tmp_path / "scan"
+    assert cli_main(["scan", str(tmp_path), "--out", str(out), "--models-dir", str(tiny_models_dir), "--no-ocr",
+                     "--detector", "other-detector", "-q"]) == 0
+    import json
+
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [d["label"] for d in rows[0]["detections"]] == ["cartridge"]
+    assert rows[0]["models"][0]["name"] == "other-detector"

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from . import __version__
-from .errors import ImageError
+from .errors import ImageError, ModelError
 from .media import Limits, load_image, load_image_bytes
 from .registry import Registry
 from .results import CaptureMetadata, ImageFindings, ModelRef
@@ -135,8 +135,12 @@ class Analyzer:
         iou_threshold: float = 0.7,
         ocr: bool = True,
         tiles: bool = False,
+        detector: str | None = None,
     ) -> None:
+        """``detector``: name of a detector in the manifest to use instead of the default one (e.g. a faster,
+        smaller model for a large archive); the results name the model either way."""
         self.registry = Registry(models_dir)
+        self._detector = detector
         self.limits = limits
         self.runtime = runtime
         settings: dict[str, object] = {}
@@ -161,6 +165,10 @@ class Analyzer:
         steps: list[Step] = []
         reg = self.registry
         det_spec = reg.default_for("detector")
+        if self._detector:
+            det_spec = reg.get(self._detector)
+            if det_spec.task != "detect":
+                raise ModelError(f"model {det_spec.name!r} is a {det_spec.task!r} model, not a detector")
         text_classes = False
         if det_spec is not None:
             detector = YoloDetector(det_spec, reg, self.runtime, conf, iou)

@@ -28,6 +28,8 @@ def _limits(args):
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", help="folder with manifest.json (default: the bundled models)")
+    p.add_argument("--detector", metavar="NAME",
+                   help="detector from the manifest to use instead of the default (`wtivision models` lists them)")
     p.add_argument("--conf", type=float, default=0.25, help="detection confidence threshold (default 0.25)")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU threshold (default 0.7)")
     p.add_argument("--no-ocr", action="store_true", help="skip OCR of markings and headstamps")
@@ -48,6 +50,7 @@ def _config(args):
         iou_threshold=args.iou,
         ocr=not args.no_ocr,
         tiles=args.tiles,
+        detector=args.detector,
         limits=_limits(args),
         intra_threads=args.threads,
     )

@@ -42,6 +42,7 @@ class AnalyzerConfig:
     tiles: bool = False
     limits: Limits = Limits()
     intra_threads: int = 0
+    detector: str | None = None
 
     def build(self) -> Analyzer:
         return Analyzer(
@@ -52,6 +53,7 @@ class AnalyzerConfig:
             iou_threshold=self.iou_threshold,
             ocr=self.ocr,
             tiles=self.tiles,
+            detector=self.detector,
         )
 
 
