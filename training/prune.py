@@ -20,6 +20,14 @@ How channels are chosen (structured pruning, no retraining here):
 - What a dropped channel contributed on average is not lost: its mean activation times the consumer's weights
   is folded into the consumer's BatchNorm running mean (or conv bias), so the kept network's activations keep
   their means. With the same widths (s -> s) the copy is exact, which the tests check.
+- Then each narrow conv, in forward order, is refitted by least squares (ridge) so that from the narrow
+  network's own input it reproduces the wide conv's kept outputs on sampled positions of the calibration
+  photos (ThiNet / He et al. 2017 style); each fit sees the errors of the layers before it. The report gives
+  the relative residual of the fits.
+
+Measured (detector-v1.5 -> yolov8n, 64 calibration photos at 416, 2-core CPU, ~6 min): the copy alone loses the
+class scores (max 4e-5 on val photos); after the refit the val AP50 at 416 is pistol 0.34, phone 0.40 (v1.5:
+0.75 / 0.93): a start for fine-tuning, not a model to ship as is.
 """
 
 from __future__ import annotations
@@ -125,9 +133,8 @@ class _Walker:
         for i, (ms, md) in enumerate(zip(src_model.model, dst_model.model)):
             if type(ms) is not type(md):
                 raise ValueError(f"layer {i}: {type(ms).__name__} vs {type(md).__name__}: not the same layout")
-            f = ms.f
-            if isinstance(f, int):
-                x = [(image, 0)] if i == 0 else outs[i - 1] if f == -1 else outs[f]
+            f = [i + j if j < 0 else j for j in ([ms.f] if isinstance(ms.f, int) else ms.f)]
+            x = [(image, 0)] if i == 0 else outs[f[0]]
             name = f"{i}.{type(ms).__name__}"
             if isinstance(ms, Detect):
                 if getattr(ms, "legacy", True) is False or hasattr(ms, "one2one_cv2"):
@@ -137,17 +144,16 @@ class _Walker:
             elif isinstance(ms, Concat):
                 segs, off = [], 0
                 for j in f:
-                    j = i - 1 if j == -1 else j
                     segs.extend((sp, off + o) for sp, o in outs[j])
                     off += _width(outs[j])
                 outs.append(segs)
-            elif isinstance(ms, C2f) and type(ms) is C2f:
+            elif type(ms) is C2f:  # not its subclasses (C3k2, ...)
                 outs.append(self.c2f(ms, md, x, name))
             elif isinstance(ms, SPPF):
                 if getattr(ms, "add", False):
                     raise ValueError("SPPF with a shortcut is not supported")
                 outs.append(self.sppf(ms, md, x, name))
-            elif isinstance(ms, Conv) and type(ms) is Conv:
+            elif type(ms) is Conv:
                 outs.append(self.conv(ms, md, x, name))
             elif isinstance(ms, nn.Upsample):
                 outs.append(x)
