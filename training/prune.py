@@ -166,9 +166,21 @@ def _width(segs: list[tuple[Space, int]]) -> int:
     return max(off + sp.size for sp, off in segs)
 
 
+def _run_hooked(model: Any, batches: Iterable[Any], handles: list[Any]) -> None:
+    """Run ``model`` over ``batches`` without gradients, then remove the hook ``handles`` (also on error)."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(b)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _input_stats(model: Any, batches: Iterable[Any], convs: list[Any]) -> dict[int, tuple[Any, Any]]:
     """Per-input-channel mean and std of what each of ``convs`` reads, over ``batches`` (eval mode, no grad)."""
-    import torch
 
     acc: dict[int, list[Any]] = {id(c): [0.0, 0.0, 0] for c in convs}
 
@@ -179,15 +191,7 @@ def _input_stats(model: Any, batches: Iterable[Any], convs: list[Any]) -> dict[i
         a[1] = a[1] + (x * x).sum((0, 2, 3))
         a[2] += x.shape[0] * x.shape[2] * x.shape[3]
 
-    handles = [c.register_forward_pre_hook(hook) for c in convs]
-    model.eval()
-    try:
-        with torch.no_grad():
-            for b in batches:
-                model(b)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(model.eval(), batches, [c.register_forward_pre_hook(hook) for c in convs])
     out = {}
     for c in convs:
         s1, s2, n = acc[id(c)]
@@ -300,14 +304,7 @@ def reconstruct(src_model: Any, dst_model: Any, layers: list[_Layer], batches: l
         got = torch.gather(yv, 2, pick[:, None, :].expand(n, yv.shape[1], -1)).permute(0, 2, 1)
         targets[k].append((pick, got.reshape(-1, yv.shape[1])))
 
-    handles = [ly.src.register_forward_hook(keep_samples) for ly in layers]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                src_model(b)
-    finally:
-        for h in handles:
-            h.remove()
+    _run_hooked(src_model, batches, [ly.src.register_forward_hook(keep_samples) for ly in layers])
     residuals = []
     for ly, out_i, tgt in zip(layers, outs, targets):
         xs = []
