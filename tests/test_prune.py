@@ -116,6 +116,8 @@ def test_cli_writes_a_checkpoint_ultralytics_loads(tmp_path, monkeypatch):
         cv2.imwrite(str(train / f"{i}.jpg"), (im.numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
     (train / "broken.jpg").write_bytes(b"not a jpeg")  # skipped with a warning, not a crash
     out = tmp_path / "narrow.pt"
+    with pytest.raises(SystemExit, match="no training image"):
+        main(["--weights", str(weights), "--data", str(tmp_path / "nowhere"), "--out", str(out)])
     assert main(["--weights", str(weights), "--to", str(target), "--data", str(tmp_path / "ds"),
                  "--imgsz", "64", "--images", "6", "--out", str(out)]) == 0
     report = torch.load(out, map_location="cpu", weights_only=False)["pruned"]

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--to", default="yolov8n.yaml", help="model yaml of the narrow detector (default yolov8n.yaml)")
     ap.add_argument("--data", type=Path, required=True, help="built dataset (calibration images from images/train)")
     ap.add_argument("--images", type=int, default=64, help="calibration images drawn from the train split")
-    ap.add_argument("--imgsz", type=int, default=640)
+    ap.add_argument("--imgsz", type=int, help="calibration input size (default: the wide model's training size)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-compensate", action="store_true", help="do not fold dropped channels' means")
     ap.add_argument("--out", type=Path, required=True)
@@ -416,11 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     from training.common import offline
 
     offline()
+    train = a.data / "images" / "train"
+    pool = sorted(p for p in train.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}) if train.is_dir() else []
+    if not pool:
+        raise SystemExit(f"no training image under {train}")
+    if not a.weights.is_file():
+        raise SystemExit(f"--weights: {a.weights} does not exist")
     ckpt = torch.load(a.weights, map_location="cpu", weights_only=False)
     src = (ckpt.get("ema") or ckpt["model"]).float()
-    pool = sorted(p for p in (a.data / "images" / "train").iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
-    if not pool:
-        raise SystemExit(f"no training image under {a.data / 'images' / 'train'}")
+    a.imgsz = a.imgsz or int((ckpt.get("train_args") or {}).get("imgsz") or 640)
     pick = np.random.default_rng(a.seed).choice(len(pool), size=min(a.images, len(pool)), replace=False)
     dst, report = prune(src, a.to, calibration_batches([pool[i] for i in sorted(pick)], a.imgsz),
                         compensate=not a.no_compensate)
