@@ -140,12 +140,11 @@ class Analyzer:
         """``detector``: name of a detector in the manifest to use instead of the default one (e.g. a faster,
         smaller model for a large archive); the results name the model either way."""
         self.registry = Registry(models_dir)
-        self._detector = detector
         self.limits = limits
         self.runtime = runtime
         settings: dict[str, object] = {}
         if steps is None:
-            steps = self._default_steps(conf_threshold, iou_threshold, ocr, tiles)
+            steps = self._default_steps(conf_threshold, iou_threshold, ocr, tiles, detector)
             given = {"conf": float(conf_threshold), "iou": float(iou_threshold), "ocr": bool(ocr), "tiles": bool(tiles)}
             settings = {k: v for k, v in given.items() if v != DEFAULT_SETTINGS[k]}
         self.steps: list[Step] = list(steps)
@@ -154,7 +153,8 @@ class Analyzer:
         self.settings = settings
         self.model_set = model_set_id(self._model_refs, settings)
 
-    def _default_steps(self, conf: float, iou: float, ocr: bool, tiles: bool = False) -> list[Step]:
+    def _default_steps(self, conf: float, iou: float, ocr: bool, tiles: bool = False,
+                       detector_name: str | None = None) -> list[Step]:
         """Detector -> typology on firearm crops -> OCR on markings and case heads.
 
         Without a detector (none in the manifest) the whole photo is read by OCR first, and the typology
@@ -164,11 +164,9 @@ class Analyzer:
         """
         steps: list[Step] = []
         reg = self.registry
-        det_spec = reg.default_for("detector")
-        if self._detector:
-            det_spec = reg.get(self._detector)
-            if det_spec.task != "detect":
-                raise ModelError(f"model {det_spec.name!r} is a {det_spec.task!r} model, not a detector")
+        det_spec = reg.get(detector_name) if detector_name else reg.default_for("detector")
+        if detector_name and det_spec.task != "detect":
+            raise ModelError(f"model {det_spec.name!r} is a {det_spec.task!r} model, not a detector")
         text_classes = False
         if det_spec is not None:
             detector = YoloDetector(det_spec, reg, self.runtime, conf, iou)
