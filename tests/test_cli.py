@@ -61,3 +61,24 @@ def test_wheel_bundles_every_manifest_model(tmp_path):
     for m in manifest["models"]:
         assert f"wtivision/_models/{m['file']}" in names
     assert not any(n.startswith(("tests/", "training/", "datasets/")) for n in names)
+
+
+def test_manifest_writes_are_stable_ascii(tiny_models_dir):
+    """Adding an entry leaves every other line of the manifest as it was, non-ASCII labels included (escaped),
+    so that an export's diff is the new entry only (the bundled OCR dictionaries hold Chinese characters)."""
+    import json
+
+    from wtivision.registry import ModelSpec, Registry, sha256_file, write_manifest_entry
+
+    onnx = tiny_models_dir / "tiny.onnx"
+    write_manifest_entry(tiny_models_dir, ModelSpec(name="a-ocr", file="tiny.onnx", sha256=sha256_file(onnx),
+                                                    task="ocr_rec", classes=["路", "A"], role="ocr_rec"))
+    before = (tiny_models_dir / "manifest.json").read_text(encoding="utf-8")
+    assert before.isascii()
+    write_manifest_entry(tiny_models_dir, ModelSpec(name="z-other", file="tiny.onnx", sha256=sha256_file(onnx),
+                                                    task="detect", classes=["pistol"], role="detector"))
+    after = (tiny_models_dir / "manifest.json").read_text(encoding="utf-8")
+    removed = set(before.splitlines()) - set(after.splitlines())
+    assert after.isascii() and removed <= {"  ]", "    }"}  # only the closing lines move down
+    assert Registry(tiny_models_dir).get("a-ocr").classes == ["路", "A"]
+    assert json.loads(after)["models"][-1]["name"] == "z-other"

@@ -195,5 +195,5 @@ def write_manifest_entry(models_dir: str | os.PathLike[str], spec: ModelSpec) ->
     models.sort(key=lambda m: m["name"])
     data["models"] = models
     tmp = manifest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=True) + "\n", encoding="utf-8")
     os.replace(tmp, manifest)
