@@ -115,6 +115,34 @@ def test_reads_generated_headstamp_end_to_end(engine):
     assert hits >= 4, hits
 
 
+def test_large_case_head_is_shrunk_before_reading(engine):
+    import cv2
+
+    from datasets.synth.text import generate
+    from wtivision.ocr import HEADSTAMP_MAX_RADIUS, bounded_head
+
+    # the patch holds the same circle, scaled to the bound
+    img = np.zeros((2000, 3000, 3), np.uint8)
+    cv2.circle(img, (1700, 900), 700, (255, 255, 255), -1)
+    patch, (cx, cy, r) = bounded_head(img, (1700.0, 900.0, 700.0), 256)
+    assert r == pytest.approx(256) and max(patch.shape[:2]) <= 2 * 256 + 4
+    assert patch[int(cy), int(cx)].max() == 255 and patch[int(cy), int(cx + 0.9 * r)].max() == 255
+    assert patch[2, 2].max() == 0  # a corner of the square lies outside the circle
+    same = bounded_head(img, (1700.0, 900.0, 200.0), 256)
+    assert same[0] is img and same[1] == (1700.0, 900.0, 200.0)
+    # a 4x close-up reads as its original does (the original's case head is under the bound)
+    hits = 0
+    for s in generate("headstamps", 3, seed=78):
+        h, w = s.image.shape[:2]
+        assert min(h, w) / 2 < HEADSTAMP_MAX_RADIUS
+        big = cv2.resize(s.image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+        small_r = engine.read_headstamp(s.image, [0, 0, w, h])
+        big_r = engine.read_headstamp(big, [0, 0, 4 * w, 4 * h])
+        assert big_r is not None and big_r.box == [0, 0, 4 * w, 4 * h]
+        hits += small_r is not None and big_r.headstamp.factory_code == small_r.headstamp.factory_code
+    assert hits >= 2, hits
+
+
 def test_ctc_decode_restricted_to_symbols():
     # step 1: "B" 0.5 vs "A" 0.4; restricted to {A, 1} the decode picks A and keeps its raw probability
     probs = _probs([2, 0, 3], p=0.9)
