@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("ultralytics")
@@ -175,3 +176,15 @@ def test_classifier_build_train_export(tmp_path, monkeypatch):
     reg = Registry(models)
     clf = ImageClassifier(reg.get("cls"), reg)
     assert clf.classify(cv2.imread(str(src / "0.jpg"))).label in ("pistol", "revolver")
+
+
+def test_gray_probability_reaches_the_field_augmentations():
+    A = pytest.importorskip("albumentations")
+    from training.augment import field_augmentations
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for gray, want_grey in ((1.0, True), (0.0, False)):
+        out = A.Compose(field_augmentations(1.0, gray=gray))(image=img)["image"]
+        grey = bool((out[..., 0] == out[..., 1]).all() and (out[..., 1] == out[..., 2]).all())
+        assert grey == want_grey

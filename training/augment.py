@@ -16,8 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def field_augmentations(strength: float = 1.0) -> list:
-    """Low light, motion and focus blur, JPEG artefacts, glare, shadows, perspective, partial occlusion.
+def field_augmentations(strength: float = 1.0, gray: float = 0.05) -> list:
+    """Low light, motion and focus blur, JPEG artefacts, glare, shadows, perspective, partial occlusion,
+    grey (probability ``gray``).
 
     ``strength`` scales every probability (0 disables, 1 = defaults below)."""
     import albumentations as A
@@ -37,7 +38,7 @@ def field_augmentations(strength: float = 1.0) -> list:
         A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15),
                         p=p(0.2)),  # partial occlusion
         A.GaussNoise(std_range=(0.02, 0.08), p=p(0.2)),  # sensor noise in low light
-        A.ToGray(p=p(0.05)),
+        A.ToGray(p=p(gray)),
     ]
 
 

@@ -5,8 +5,10 @@ Config keys (yaml): ``name`` (run folder name), ``model`` (an ultralytics model 
 yolo11n.yaml, yolov8n-cls.yaml: trained from scratch, no hub weights), ``data`` (a folder built by
 ``datasets.build``, its ``classify/`` sub-folder for classifiers, or a data.yaml), ``epochs``, ``imgsz``,
 ``batch``, ``seed``, ``device`` (cpu / 0), ``workers``, ``augment_strength`` (field augmentations,
-0 disables), ``val`` (validate each epoch), ``runs`` (parent of the run folder, default runs/<task>) and
-any other ultralytics train argument under ``train_args``. Relative paths are relative to the repo root.
+0 disables), ``gray_p`` (probability that a training image is turned grey, default 0.05: raise it when a
+source is grey-only, so that grey is not a cue for its classes), ``val`` (validate each epoch), ``runs``
+(parent of the run folder, default runs/<task>) and any other ultralytics train argument under
+``train_args``. Relative paths are relative to the repo root.
 
 A run folder ``<runs>/<name>/`` keeps: ``config.yaml`` (the config used), ``run.json`` (config path,
 dataset folder, dataset manifest SHA-256, seed, versions), ``args.yaml`` and ``results.csv`` (ultralytics),
@@ -140,7 +142,7 @@ def train(cfg: dict[str, Any], task: str, resume: bool = False) -> Path:
         amp=False, plots=False, pretrained=False, verbose=False, val=bool(cfg.get("val", True)),
     )
     if task == "detect" and strength > 0:
-        args["augmentations"] = field_augmentations(strength)
+        args["augmentations"] = field_augmentations(strength, gray=float(cfg.get("gray_p", 0.05)))
     args.update(cfg.get("train_args", {}))
     if isinstance(args.get("pretrained"), str):  # initial weights (tensors transferred by name and shape)
         args["pretrained"] = str(_path(args["pretrained"]))
