@@ -108,25 +108,74 @@ def inliers(a: Signature, b: Signature) -> int:
     return best
 
 
+EXACT_LIMIT = 20_000  # up to this many refs the candidates are found by exhaustive search
+PROBES = 8  # clusters searched per query above EXACT_LIMIT
+
+
 def candidates(query: Sequence[Signature], refs: Sequence[Signature], k: int = CANDIDATES,
-               same: bool = False) -> list[np.ndarray]:
+               same: bool = False, exact_limit: int = EXACT_LIMIT) -> list[np.ndarray]:
     """For each query, the indices of the ``k`` refs with the most similar colour histogram and the ``k``
     with the most similar grey histogram (histogram intersection); ``same``: query and refs are one list,
-    a photo is not its own candidate."""
+    a photo is not its own candidate.
+
+    Up to ``exact_limit`` refs every pair is compared (time grows with the square of the number of photos:
+    ~1 min for 10k); above it, the refs are grouped by k-means on their histograms and each query is
+    compared only with the refs of its ``PROBES`` nearest groups (time grows as n^1.5), which finds a copy
+    whose histogram is close to the original's, i.e. what the check needs, but may pick other runners-up."""
     if not len(refs):
         return [np.zeros(0, np.int64) for _ in query]
     out = []
     for kind in ("colour", "grey"):
         r = np.stack([getattr(s, kind) for s in refs]).astype(np.float32)
+        q = np.stack([getattr(s, kind) for s in query]).astype(np.float32)
+        groups = None if len(refs) <= exact_limit else _inverted_lists(r, q)
         top = []
-        for i, q in enumerate(query):
-            sim = np.minimum(r, getattr(q, kind)).sum(axis=1)
+        for i in range(len(q)):
+            idx = None if groups is None else groups(i)
+            sim = np.minimum(r if idx is None else r[idx], q[i]).sum(axis=1)
             if same:
-                sim[i] = -1.0
-            kk = min(k, len(refs) - (1 if same else 0))
-            top.append(np.argpartition(-sim, kk - 1)[:kk] if kk > 0 else np.zeros(0, np.int64))
+                sim[(np.arange(len(r)) if idx is None else idx) == i] = -1.0
+            kk = min(k, len(sim) - (1 if same else 0))
+            best = np.argpartition(-sim, kk - 1)[:kk] if kk > 0 else np.zeros(0, np.int64)
+            top.append(best if idx is None else idx[best])
         out.append(top)
     return [np.unique(np.concatenate([a, b])) for a, b in zip(*out)]
+
+
+def _inverted_lists(refs: np.ndarray, query: np.ndarray, iterations: int = 10,
+                    seed: int = 0) -> Callable[[int], np.ndarray]:
+    """k-means (sqrt(n) centres, Lloyd on a sample) on the square roots of the histograms, where Euclidean
+    distance tracks histogram overlap; returns query index -> ref indices of its ``PROBES`` nearest centres."""
+    rng = np.random.default_rng(seed)
+    r, q = np.sqrt(refs), np.sqrt(query)
+    n_centres = max(PROBES, int(np.sqrt(len(r))))
+    sample = r[rng.choice(len(r), min(len(r), 50 * n_centres), replace=False)]
+    centres = sample[rng.choice(len(sample), n_centres, replace=False)].copy()
+    for _ in range(iterations):
+        assign = _nearest(sample, centres, 1)[:, 0]
+        for c in range(n_centres):
+            members = sample[assign == c]
+            if len(members):
+                centres[c] = members.mean(axis=0)
+    owner = _nearest(r, centres, 1)[:, 0]
+    lists = [np.flatnonzero(owner == c) for c in range(n_centres)]
+    probes = _nearest(q, centres, min(PROBES, n_centres))
+    return lambda i: np.concatenate([lists[c] for c in probes[i]])
+
+
+def _nearest(x: np.ndarray, centres: np.ndarray, m: int, chunk: int = 4096) -> np.ndarray:
+    """Indices of the ``m`` nearest centres (Euclidean) of each row of ``x``, nearest first."""
+    cc = (centres ** 2).sum(axis=1)
+    out = []
+    for a in range(0, len(x), chunk):
+        d = cc[None, :] - 2.0 * x[a:a + chunk] @ centres.T
+        if m < len(centres):
+            part = np.argpartition(d, m - 1, axis=1)[:, :m]
+        else:
+            part = np.tile(np.arange(len(centres)), (len(d), 1))
+        order = np.take_along_axis(d, part, axis=1).argsort(axis=1)
+        out.append(np.take_along_axis(part, order, axis=1))
+    return np.concatenate(out) if out else np.zeros((0, m), np.int64)
 
 
 def signatures(paths: Sequence[str | Path]) -> dict[int, Signature]:

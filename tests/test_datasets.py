@@ -527,3 +527,33 @@ def test_tiles_are_crops_of_train_and_val_photos_with_their_boxes(tmp_path):
         assert wx <= 100 and wy <= 50 and wx + ww >= 130 and wy + wh >= 90 and wx + ww <= 300 and wy + wh <= 200
     with pytest.raises(ValueError, match="no photo with boxes"):
         build(_recipe(src, tiles=[{**spec, "source": "nope"}]), tmp_path / "ds3")
+
+
+def test_twin_candidates_above_the_exact_limit_still_find_copies():
+    """Above ``exact_limit`` refs the histogram candidates come from k-means groups (n^1.5, not n^2): a
+    slightly altered copy of a photo is still among its candidates, and no photo is its own candidate."""
+    from datasets import twins
+
+    rng = np.random.default_rng(3)
+    empty = (np.zeros((0, 2)), np.zeros((0, 32), np.uint8), np.zeros((0, 2)), np.zeros((0, 32), np.uint8))
+    scenes_c, scenes_g = rng.dirichlet(np.full(432, 0.05), 40), rng.dirichlet(np.full(32, 0.3), 40)
+
+    def sig(c, g):
+        return twins.Signature((c / c.sum()).astype(np.float32), (g / g.sum()).astype(np.float32), *empty)
+
+    sigs = []
+    for _ in range(800):
+        w, idx = rng.dirichlet(np.ones(3)), rng.choice(40, 3)
+        sigs.append(sig(w @ scenes_c[idx] * rng.uniform(0.5, 1.5, 432), w @ scenes_g[idx] * rng.uniform(0.7, 1.3, 32)))
+    pairs = []
+    for i in rng.choice(800, 40, replace=False):
+        sigs.append(sig(sigs[i].colour * rng.uniform(0.9, 1.1, 432), sigs[i].grey * rng.uniform(0.9, 1.1, 32)))
+        pairs.append((int(i), len(sigs) - 1))
+    grouped = twins.candidates(sigs, sigs, same=True, exact_limit=100)
+    exact = twins.candidates(sigs, sigs, same=True)
+    assert all(b in grouped[a] or a in grouped[b] for a, b in pairs)
+    assert all(b in exact[a] or a in exact[b] for a, b in pairs)
+    assert not any(i in c for i, c in enumerate(grouped))
+    # the grouped search compares each photo with a fraction of the others, so it may pick other runners-up
+    same_sets = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(grouped, exact))
+    assert same_sets < len(sigs)
