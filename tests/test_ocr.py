@@ -304,3 +304,35 @@ def test_case_head_edge_test_ignores_pixels_outside_the_photo():
         junk = [np.full((120, 72), fill, np.uint8) for _ in range(64)]  # freed blocks the size of the polar image
         del junk
         assert _edge_consistency(gray, (100.0, 185.0), 60.0, 0.75, 1.2) == ref
+
+
+def test_close_up_headstamp_without_a_known_maker_yields_to_a_serial(engine, monkeypatch):
+    """A round plate with a stamped serial looks like a case head to the close-up check; when the ring reads
+    as a headstamp of unknown tokens, the confident serial reading of the photo is kept instead. A headstamp
+    with a known factory code stays a headstamp."""
+    import cv2
+
+    from datasets.synth.text import generate
+    from wtivision.ocr import OcrStep
+    from wtivision.results import HeadstampRecord, ImageFindings, TextReading
+
+    step = OcrStep(engine, whole_image=True)
+    s = generate("serials", 1, seed=78)[0]
+    img = np.full((900, 900, 3), 150, np.uint8)
+    cv2.circle(img, (450, 450), 400, (90, 90, 90), -1)
+    cv2.circle(img, (450, 450), 400, (30, 30, 30), 6)
+    plate = cv2.resize(s.image, None, fx=500 / s.image.shape[1], fy=500 / s.image.shape[1])
+    y0 = 450 - plate.shape[0] // 2
+    img[y0:y0 + plate.shape[0], 200:200 + plate.shape[1]] = plate
+    assert step.case_head_close_up(img) is not None
+    box = [0.0, 0.0, 900.0, 900.0]
+    for tokens, want in ((["1960"], "serial"), (["PMP", "05"], "headstamp")):
+        rec = parse_headstamp(tokens)
+        fake = TextReading(kind="headstamp", text=" ".join(tokens), confidence=0.7, box=box, headstamp=rec)
+        monkeypatch.setattr(engine, "read_headstamp", lambda *a, _f=fake, **k: _f)
+        findings = ImageFindings(path="plate.jpg")
+        step(img, findings)
+        assert [t.kind for t in findings.texts] == [want], findings.texts
+        if want == "serial":
+            assert findings.texts[0].text == normalise(s.text)[0]
+    assert isinstance(rec, HeadstampRecord) and rec.manufacturer
