@@ -134,7 +134,7 @@ def candidates(query: Sequence[Signature], refs: Sequence[Signature], k: int = C
             idx = None if groups is None else groups(i)
             sim = np.minimum(r if idx is None else r[idx], q[i]).sum(axis=1)
             if same:
-                sim[(np.arange(len(r)) if idx is None else idx) == i] = -1.0
+                sim[i if idx is None else idx == i] = -1.0
             kk = min(k, len(sim) - (1 if same else 0))
             best = np.argpartition(-sim, kk - 1)[:kk] if kk > 0 else np.zeros(0, np.int64)
             top.append(best if idx is None else idx[best])

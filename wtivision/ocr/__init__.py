@@ -381,16 +381,15 @@ class OcrStep:
         reading = None
         if circle is not None:
             reading = self.engine.read_headstamp(image, box, circle=circle)
-            if reading is not None and reading.headstamp is not None and not reading.headstamp.manufacturer:
-                # no known factory code: the round thing may be a serial plate or a stamped boss; a confident
-                # serial-like reading of the whole photo wins over a headstamp of unknown tokens
-                serial = self.engine.read_serial(image, box)
-                if serial is not None and serial.kind == "serial" and serial.confidence > reading.confidence:
-                    reading = serial
         elif self._read_case_heads(image, findings):
             return  # the text in the photo was the headstamps just read
-        if reading is None:  # not a case head after all, or nothing legible on the ring
-            reading = self.engine.read_serial(image, box)
+        # not a case head after all, nothing legible on the ring, or no known factory code (the round thing may be
+        # a serial plate or a stamped boss: a confident serial-like reading wins over a headstamp of unknown tokens)
+        if reading is None or (reading.headstamp is not None and not reading.headstamp.manufacturer):
+            serial = self.engine.read_serial(image, box)
+            if reading is None or (serial is not None and serial.kind == "serial"
+                                   and serial.confidence > reading.confidence):
+                reading = serial
         # a whole photo has stray texture that reads as short "words": keep only substantial readings
         if reading is not None and reading.confidence >= 0.6 and (
                 reading.kind == "headstamp" or len(reading.text) >= self.min_whole_chars):
