@@ -20,6 +20,8 @@ Recipe (yaml; relative paths are relative to the recipe file)::
     keep_splits_only: [test]     # optional: pin only the images of these splits of that manifest
     keep_splits_skip: ../../runs/data/detector-v1/leaks.csv  # optional: and not these (paths, e.g. --audit's
                                  # leaks.csv: an old test photo with a twin in train is drawn afresh)
+    keep_splits_strict: true     # optional: pinned images never move (default: a group with an old test image
+                                 # goes to test whole); new twins of them join the group's strictest split
     sources:
       - name: granada-pistols
         format: voc              # yolo | coco | voc | csv | scenes
@@ -249,11 +251,15 @@ def feature_twins(paths: list[Path]) -> list[tuple[int, int]]:
 
 
 def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
-                  fixed: dict[str, str] | None = None) -> None:
+                  fixed: dict[str, str] | None = None, strict: bool = False) -> None:
     """Stratified split by each group's rarest label; a duplicate group never straddles two splits.
 
     ``fixed`` (SHA-256 -> split, e.g. from an earlier build's manifest) pins those images, and every
-    near-duplicate of them, to their earlier split; only the other images are drawn."""
+    near-duplicate of them, to their earlier split; only the other images are drawn. A group whose pinned
+    images were in different splits goes to the strictest of them (test, then val), earlier train images
+    included; with ``strict`` the pinned images keep their own split whatever their group (a model trained
+    on the earlier train split must never find one of them in test) and only the group's new images join
+    the strictest split, so that no new image is a twin of an earlier val / test image across splits."""
     groups: dict[int, list[Record]] = defaultdict(list)
     for r in records:
         groups[r.group].append(r)
@@ -263,7 +269,7 @@ def assign_splits(records: list[Record], fractions: dict[str, float], seed: int,
             if pinned:  # an earlier test image stays in test even if a copy of it was in train then
                 split = "test" if "test" in pinned else "val" if "val" in pinned else pinned[0]
                 for r in groups.pop(g):
-                    r.split = split
+                    r.split = fixed[r.sha256] if strict and r.sha256 in fixed else split
     freq = Counter(lab for rs in groups.values() for r in rs for lab in r.labels)
     strata: dict[str, list[int]] = defaultdict(list)
     for g, rs in groups.items():
@@ -601,7 +607,7 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
                      if row["split"] in only and row["path"] not in skip}
         logger.info("keeping the splits of %d images from %s", len(fixed), keep)
     assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)),
-                  fixed)
+                  fixed, bool(recipe.get("keep_splits_strict", False)))
     tiles = add_tiles(records, recipe.get("tiles") or [], out, dist)
     records += tiles
     rows = write(records, out)

@@ -15,6 +15,8 @@ pytest.importorskip("yaml")
 cv2 = pytest.importorskip("cv2")
 
 from datasets.build import (  # noqa: E402
+    Record,
+    assign_splits,
     audit,
     build,
     hamming,
@@ -419,6 +421,22 @@ def test_keep_splits_pins_earlier_images_when_sources_are_added(tmp_path, caplog
     missing.write_text("name: d\nseed: 0\nkeep_splits: nowhere.csv\nsources:\n" + sources)
     with pytest.raises(FileNotFoundError, match="keep_splits"):
         build(load_recipe(missing), tmp_path / "v4")
+
+
+def test_strict_keep_splits_never_moves_a_pinned_image():
+    """A twin group holding an earlier train image and an earlier test image, plus a new copy: by default the
+    group goes to test whole (the old train image with it); strict pins keep each old image where it was and
+    send the new copy to test, the strictest split of its group."""
+    def rec(i: int, group: int) -> Record:
+        return Record(Item(Path(f"{i}.jpg"), [Box("pistol", 0.1, 0.1, 0.5, 0.5)]), "s", "o", "l", "photo", str(i),
+                      f"sha{i}", 0, group)
+
+    fixed = {"sha0": "train", "sha1": "test", "sha3": "val"}
+    for strict, want in ((False, ["test", "test", "test", "val", "val"]),
+                         (True, ["train", "test", "test", "val", "val"])):
+        records = [rec(0, 0), rec(1, 0), rec(2, 0), rec(3, 1), rec(4, 1)]
+        assign_splits(records, {"train": 0.8, "val": 0.1, "test": 0.1}, 0, fixed, strict)
+        assert [r.split for r in records] == want
 
 
 def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path):
