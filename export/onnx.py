@@ -39,6 +39,7 @@ import os
 import platform
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -448,9 +449,13 @@ def card_text(r: dict[str, Any]) -> str:
     init = (f"\n- **Initial weights**: `{r['init_weights']}` (tensors transferred by name and shape; the rest "
             "from scratch)." if r.get("init_weights") else "")
     trained = r.get("trained_classes")
-    dropped = ([c for c in r["classes"] if c not in trained] if trained else [])
+    off = r.get("switched_off") or []
+    dropped = ([c for c in r["classes"] if c not in trained and c not in off] if trained else [])
     dropped_line = (f"\n- **Outputs without training data** ({len(dropped)}): dropped by the runtime "
                     "(manifest `extra.trained_classes`)." if dropped else "")
+    if off:
+        dropped_line += (f"\n- **Switched off** although trained ({', '.join(f'`{c}`' for c in off)}): not fit to "
+                         "report (see the notes); dropped by the runtime like the untrained outputs.")
     notes = f"\n## Notes\n{r['notes'].strip()}\n" if r.get("notes") else ""
     return f"""# {r['name']} ({'object detector' if r['task'] == 'detect' else 'image classifier'})
 
@@ -490,16 +495,22 @@ found them: see its build.json and `python -m datasets.build --audit`): {headlin
 def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = None, int8: bool = False,
                default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1",
                role: str | None = None, n_calib: int = 32, keep_pytorch: bool = False,
-               notes: Path | None = None, n_int8_check: int = 200, keep_int8: bool = False) -> dict[str, Any]:
+               notes: Path | None = None, n_int8_check: int = 200, keep_int8: bool = False,
+               switch_off: Sequence[str] = ()) -> dict[str, Any]:
     """Export, check, quantise, document and register a run; return the figures (also in export.json).
 
     ``keep_pytorch`` copies the run's ``best.pt`` to ``<models-dir>/sources/<name>.pt`` (named in the manifest's
     ``extra.pytorch_weights``) so that parity tests and benchmarks can compare against the PyTorch source.
     ``notes``: a markdown file appended to the model card (what the data can and cannot tell apart, ...).
     ``int8``: also quantise and measure an int8 twin; it is installed only if it meets the agreement rule
-    (``int8_good_enough``) or ``keep_int8`` is set, and becomes the default only if it also is faster."""
+    (``int8_good_enough``) or ``keep_int8`` is set, and becomes the default only if it also is faster.
+    ``switch_off``: detector classes that had training boxes but are not fit to report (a test AP near zero, say
+    why in ``notes``): left out of ``extra.trained_classes``, so the runtime drops them like untrained outputs."""
     offline_ultralytics()
     run, model = load_run(run_dir, data)
+    unknown = sorted(set(switch_off) - set(run.names))
+    if unknown:
+        raise ValueError(f"--switch-off: {', '.join(unknown)} not among the model's classes ({', '.join(run.names)})")
     name = name or f"{'detector' if run.detect else 'classifier'}-{run.dir.name}"
     role = role if role is not None else ("detector" if run.detect else "classifier")
     models_dir = Path(models_dir)
@@ -534,8 +545,9 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
         result["data"] = data_summary(run)
         if run.detect and result["data"].get("per_class"):
             # outputs without training boxes are dropped by the runtime (YoloDetector.active_classes)
-            spec.extra["trained_classes"] = result["trained_classes"] = trained_classes(
-                run.names, result["data"]["per_class"])
+            trained = trained_classes(run.names, result["data"]["per_class"])
+            result["switched_off"] = [c for c in trained if c in switch_off]
+            spec.extra["trained_classes"] = result["trained_classes"] = [c for c in trained if c not in switch_off]
         if keep_pytorch:
             src = models_dir / "sources" / f"{name}.pt"
             src.parent.mkdir(parents=True, exist_ok=True)
@@ -638,13 +650,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--notes", type=Path, help="markdown file appended to the model card")
     ap.add_argument("--keep-pytorch", action="store_true",
                     help="copy best.pt to <models-dir>/sources/<name>.pt for parity tests and benchmarks")
+    ap.add_argument("--switch-off", default="", metavar="CLASS[,CLASS]",
+                    help="trained detector classes the runtime must not report (test AP near zero; say why in --notes)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         res = export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data, a.parity_images, a.version,
                          a.role, keep_pytorch=a.keep_pytorch, notes=a.notes, n_int8_check=a.int8_check_images,
-                         keep_int8=a.keep_int8)
-    except ParityError as exc:
+                         keep_int8=a.keep_int8, switch_off=[c for c in a.switch_off.split(",") if c])
+    except (ParityError, ValueError) as exc:
         logging.getLogger("export.onnx").error("export FAILED: %s", exc)
         return 1
     print(json.dumps({k: v for k, v in res.items() if k != "data"}, indent=2))

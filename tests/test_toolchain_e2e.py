@@ -56,8 +56,11 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     t_train = time.perf_counter()
 
     models = tmp_path / "models"
-    assert export_main([str(run), "--int8", "--default", "--name", "e2e-det", "--models-dir", str(models)]) == 0
+    assert export_main([str(run), "--switch-off", "bazooka", "--models-dir", str(tmp_path / "m0")]) == 1  # unknown
+    assert export_main([str(run), "--int8", "--default", "--name", "e2e-det", "--models-dir", str(models),
+                        "--switch-off", "grenade"]) == 0
     res = json.loads((run / "export.json").read_text())
+    assert res["switched_off"] == ["grenade"] and "grenade" not in res["trained_classes"]  # grenade had boxes
     p = res["parity"]
     print("parity", p, "int8", res["int8"], "latency_ms_fp32", res["latency_ms_fp32"])
     # the parity criterion, against ultralytics with the PyTorch weights and with the ONNX file
@@ -80,7 +83,8 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     assert fp32["preprocessing"] == {"letterbox": True, "pad_value": 114} and fp32["input_size"] == [96, 96]
     assert sum(m["default"] for m in manifest["models"]) == 1
     card = (models / fp32["card"]).read_text()
-    assert "synthetic only" in card and build["manifest_sha256"] in card
+    assert "synthetic only" in card and build["manifest_sha256"] in card and "**Switched off**" in card
+    assert fp32["extra"]["trained_classes"] == res["trained_classes"]
     m = onnx.load(str(models / fp32["file"]))
     meta = {q.key: q.value for q in m.metadata_props}
     assert json.loads(meta["wtivision_classes"]) == list(DETECTOR_CLASSES)
@@ -92,7 +96,7 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     det = YoloDetector(reg.get("e2e-det"), reg, conf_threshold=0.0)
     image = cv2.imread(str(next((ds / "images" / "test").glob("*.jpg"))))
     dets = det.detect(image)
-    assert dets and all(d.label in DETECTOR_CLASSES for d in dets)
+    assert dets and all(d.label in DETECTOR_CLASSES and d.label != "grenade" for d in dets)
     f = Analyzer(models_dir=models, ocr=False, conf_threshold=0.0).analyze(
         next((ds / "images" / "test").glob("*.jpg")))
     assert f.ok and f.models[0].name.startswith("e2e-det")
