@@ -152,3 +152,62 @@ def test_case_head_localisation_counts_each_head_once():
     labels = case_head_boxes()  # the shipped labels cover exactly the benchmark's photos, with sane boxes
     assert set(labels) == set(PHOTOS) and all(labels[p] for p in PHOTOS)
     assert all(x1 < x2 and y1 < y2 for boxes in labels.values() for x1, y1, x2, y2 in boxes)
+
+
+def test_weighted_ap50_is_the_plain_ap50_and_a_weight_is_a_copy():
+    """The bootstrap's image weights: all ones give ap_per_class's AP50; weight 2 on an image equals the image
+    given twice; a uniform weight changes nothing."""
+    from wtivision.evaluate import _ClassCurve, ap_per_class
+
+    rng = np.random.default_rng(3)
+    matches = []
+    for _ in range(40):
+        n_pred, n_gt = int(rng.integers(0, 5)), int(rng.integers(0, 3))
+        tp = np.zeros((n_pred, 10), bool)
+        tp[:, 0] = rng.random(n_pred) < 0.6
+        matches.append((tp, rng.random(n_pred), rng.integers(0, 2, n_pred), rng.integers(0, 2, n_gt)))
+    curve = _ClassCurve(matches, 1)
+    ones = np.ones(len(matches))
+    tp, scores, pcls, gcls = (np.concatenate(a) for a in zip(*matches))
+    assert curve.ap50(ones) == pytest.approx(ap_per_class(tp, scores, pcls, gcls, 2)[1]["ap50"])
+    assert curve.ap50(3 * ones) == pytest.approx(curve.ap50(ones))
+    w = ones.copy()
+    w[7] = 2
+    assert curve.ap50(w) == pytest.approx(_ClassCurve(matches + [matches[7]], 1).ap50(np.ones(41)))
+
+
+def test_compare_detectors_tells_a_real_loss_from_no_change(labelled, tiny_models_dir, tmp_path, capsys):
+    """B is the tiny detector blind to cartridges: cartridge AP50 1 -> 0 in every draw ("worse"), pistol the
+    same ("no clear difference", interval [0, 0]); the CLI prints both and writes the JSON."""
+    from conftest import TINY_CLASSES, TINY_RAW, build_constant_detector
+
+    from wtivision.cli import main
+    from wtivision.evaluate import DetectorComparison, compare_detectors
+    from wtivision.registry import ModelSpec, Registry, sha256_file, write_manifest_entry
+    from wtivision.runtime import YoloDetector
+
+    blind = TINY_RAW.copy()
+    blind[0, 5] = 0.0  # no cartridge score anywhere
+    build_constant_detector(tiny_models_dir / "blind.onnx", blind)
+    write_manifest_entry(tiny_models_dir, ModelSpec(
+        name="tiny-blind", file="blind.onnx", sha256=sha256_file(tiny_models_dir / "blind.onnx"), task="detect",
+        classes=TINY_CLASSES, input_size=[64, 64], preprocessing={"letterbox": True, "pad_value": 114},
+        licence="AGPL-3.0-or-later", source="tests/test_evaluate.py", role="detector"))
+    reg = Registry(tiny_models_dir)
+    a, b = (YoloDetector(reg.get(n), reg, conf_threshold=0.001) for n in ("tiny-detector", "tiny-blind"))
+    cmp = compare_detectors(a, b, labelled, resamples=200)
+    per = {c.name: c for c in cmp.classes}
+    assert cmp.images == 2 and "images/test/c empty.jpg" in cmp.errors
+    assert (per["cartridge"].ap50_a, per["cartridge"].ap50_b) == (1.0, 0.0)
+    assert (per["cartridge"].ci_low, per["cartridge"].ci_high, per["cartridge"].verdict) == (-1.0, -1.0, "worse")
+    assert per["pistol"].diff == 0.0 and (per["pistol"].ci_low, per["pistol"].ci_high) == (0.0, 0.0)
+    assert per["pistol"].verdict == "no clear difference"
+    assert DetectorComparison.from_dict(json.loads(json.dumps(cmp.to_dict()))) == cmp
+    out = tmp_path / "cmp.json"
+    assert main(["evaluate", str(labelled), "--models-dir", str(tiny_models_dir), "--compare", "tiny-blind",
+                 "--resamples", "50", "--json", str(out), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "tiny-blind (B) against tiny-detector (A)" in text and "worse" in text
+    assert json.loads(out.read_text())["resamples"] == 50
+    with pytest.raises(ValueError, match="resamples"):
+        compare_detectors(a, b, labelled, resamples=0)

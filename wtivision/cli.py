@@ -5,6 +5,7 @@
     wtivision models [--verify]
     wtivision export OUTDIR            (rewrite results.jsonl / objects.csv from the store)
     wtivision evaluate DATASET [--split test] [--json OUT]   (detector AP on labelled photos, YOLO format)
+    wtivision evaluate DATASET --model A --compare B         (is B better than A there, or is it noise?)
 """
 
 from __future__ import annotations
@@ -187,6 +188,8 @@ def cmd_evaluate(args) -> int:
     det = YoloDetector(spec, reg, RuntimeOptions(intra_threads=args.threads), conf_threshold=args.min_conf,
                        iou_threshold=args.iou)
     exclude = read_image_list(args.exclude) if args.exclude else []
+    if args.compare:
+        return _compare(args, reg, det, exclude)
     bar, progress = _progress_bar(args.quiet)
     try:
         ev = evaluate_detector(det, args.dataset, args.split, operating_conf=args.conf, progress=progress,
@@ -205,6 +208,37 @@ def cmd_evaluate(args) -> int:
         print(f"  skipped {k}: {v}")
     if args.json:
         Path(args.json).write_text(json.dumps(ev.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _compare(args, reg, det, exclude: list[str]) -> int:
+    """``wtivision evaluate --compare B``: B against the --model (or default) detector, per-class AP50 with
+    paired bootstrap intervals."""
+    import json
+
+    from .evaluate import compare_detectors
+    from .runtime import RuntimeOptions, YoloDetector
+
+    other = YoloDetector(reg.get(args.compare), reg, RuntimeOptions(intra_threads=args.threads),
+                         conf_threshold=args.min_conf, iou_threshold=args.iou)
+    bar, progress = _progress_bar(args.quiet)
+    try:
+        cmp = compare_detectors(det, other, args.dataset, args.split, exclude=exclude, resamples=args.resamples,
+                                progress=progress, tiles=args.tiles)
+    finally:
+        bar.close()
+    print(f"{cmp.model_b} (B) against {cmp.model_a} (A) on {cmp.dataset} [{cmp.split}]: {cmp.images} images"
+          + (f" ({len(cmp.excluded)} left out: --exclude)" if cmp.excluded else "")
+          + f"; {cmp.level:.0%} paired bootstrap intervals of B - A over {cmp.resamples} draws")
+    print(f"  {'class':24s} {'boxes':>6s} {'AP50 A':>7s} {'AP50 B':>7s} {'B - A':>7s}  interval")
+    for c in cmp.classes:
+        print(f"  {c.name:24s} {c.ground_truth:6d} {c.ap50_a:7.3f} {c.ap50_b:7.3f} {c.diff:+7.3f}  "
+              f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}")
+    for k, v in cmp.errors.items():
+        print(f"  skipped {k}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(cmp.to_dict(), indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
 
@@ -254,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--exclude", metavar="FILE",
                    help="images to leave out: a list of paths relative to DATASET, one per line, or a CSV with a "
                         "'path' column such as the leaks.csv of `python -m datasets.build --audit`")
+    v.add_argument("--compare", metavar="MODEL",
+                   help="compare this detector (B) with --model / the default (A): per-class AP50 of both and a "
+                        "paired bootstrap interval of the difference (is B better, or is it noise?)")
+    v.add_argument("--resamples", type=int, default=1000, help="bootstrap draws for --compare (default 1000)")
     v.add_argument("--json", help="write the evaluation as JSON here")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     v.set_defaults(func=cmd_evaluate)

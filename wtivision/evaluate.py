@@ -223,6 +223,70 @@ def split_images(root: Path, split: str) -> Iterator[tuple[Path, Path]]:
                             f"(expected {root / 'images' / split} or {root / split / 'images'})")
 
 
+def _split_pairs(root: Path, split: str, exclude: Collection[str]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """The split's (image, label) pairs without the ``exclude``d images, and those left out."""
+    skip = {Path(p).as_posix() for p in exclude}
+    pairs, excluded = [], []
+    for img_path, lbl_path in split_images(root, split):
+        key = img_path.relative_to(root).as_posix()
+        if key in skip:
+            excluded.append(key)
+        else:
+            pairs.append((img_path, lbl_path))
+    return pairs, excluded
+
+
+ImageMatch = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # tp (n, thresholds), scores, pred cls, gt cls
+
+
+def _match_split(detector: YoloDetector, root: Path, pairs: list[tuple[Path, Path]], names: list[str] | None,
+                 tiles: bool, progress: Callable[[int, int], None] | None,
+                 ) -> tuple[list[ImageMatch | None], dict[str, str], list[str]]:
+    """Run the detector on each pair and match it with the labels: one ``ImageMatch`` per pair (None where the
+    image or its labels could not be read: the reason is in the errors), and the class names (the model's,
+    then label names it lacks)."""
+    label_names = names or dataset_names(root) or list(detector.spec.classes)
+    model_names = list(detector.spec.classes)
+    unknown = sorted(set(label_names) - set(model_names))
+    if unknown:
+        logger.warning("label classes %s are not outputs of model %s: they count as missed", unknown,
+                       detector.name)
+    all_names = model_names + unknown
+    to_model = np.array([all_names.index(n) for n in label_names], dtype=np.int64)
+    matches: list[ImageMatch | None] = []
+    errors: dict[str, str] = {}
+    for i, (img_path, lbl_path) in enumerate(pairs):
+        key = str(img_path.relative_to(root))
+        try:
+            image = load_image(img_path).array
+            h, w = image.shape[:2]
+            gt_boxes, gt_idx = read_labels(lbl_path, w, h)
+            if len(gt_idx) and (gt_idx.min() < 0 or gt_idx.max() >= len(label_names)):
+                raise ValueError(f"{lbl_path}: class index {int(gt_idx.max())} beyond the {len(label_names)} names")
+            dets = detector.detect(image, tiles=tiles)
+        except Exception as exc:  # one bad image never stops an evaluation
+            errors[key] = f"{type(exc).__name__}: {exc}"
+            logger.warning("skipped %s: %s", key, errors[key])
+            matches.append(None)
+        else:
+            g = to_model[gt_idx]
+            pb = np.asarray([d.box for d in dets], np.float64).reshape(-1, 4)
+            ps = np.asarray([d.confidence for d in dets], np.float64)
+            pc = np.asarray([model_names.index(d.label) for d in dets], np.int64)
+            matches.append((match_image(pb, ps, pc, gt_boxes, g), ps, pc, g))
+        if progress:
+            progress(i + 1, len(pairs))
+    return matches, errors, all_names
+
+
+def _concat(matches: list[ImageMatch]) -> ImageMatch:
+    """The images' matches as one set of arrays (empty arrays for no image)."""
+    if not matches:
+        return (np.zeros((0, len(IOU_THRESHOLDS)), bool), np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64))
+    tp, scores, pcls, gcls = (np.concatenate(a) for a in zip(*matches))
+    return tp, scores, pcls, gcls
+
+
 def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "test",
                       names: list[str] | None = None, operating_conf: float = 0.25,
                       progress: Callable[[int, int], None] | None = None, tiles: bool = False,
@@ -238,51 +302,10 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
     the result's ``excluded``.
     """
     root = Path(root)
-    skip = {Path(p).as_posix() for p in exclude}
-    pairs, excluded = [], []
-    for img_path, lbl_path in split_images(root, split):
-        key = img_path.relative_to(root).as_posix()
-        if key in skip:
-            excluded.append(key)
-        else:
-            pairs.append((img_path, lbl_path))
-    label_names = names or dataset_names(root) or list(detector.spec.classes)
-    model_names = list(detector.spec.classes)
-    unknown = sorted(set(label_names) - set(model_names))
-    if unknown:
-        logger.warning("label classes %s are not outputs of model %s: they count as missed", unknown,
-                       detector.name)
-    all_names = model_names + unknown
-    to_model = np.array([all_names.index(n) for n in label_names], dtype=np.int64)
-    tps, scores, pcls, gcls = [], [], [], []
-    errors: dict[str, str] = {}
-    for i, (img_path, lbl_path) in enumerate(pairs):
-        key = str(img_path.relative_to(root))
-        try:
-            image = load_image(img_path).array
-            h, w = image.shape[:2]
-            gt_boxes, gt_idx = read_labels(lbl_path, w, h)
-            if len(gt_idx) and (gt_idx.min() < 0 or gt_idx.max() >= len(label_names)):
-                raise ValueError(f"{lbl_path}: class index {int(gt_idx.max())} beyond the {len(label_names)} names")
-            dets = detector.detect(image, tiles=tiles)
-        except Exception as exc:  # one bad image never stops an evaluation
-            errors[key] = f"{type(exc).__name__}: {exc}"
-            logger.warning("skipped %s: %s", key, errors[key])
-        else:
-            g = to_model[gt_idx]
-            pb = np.asarray([d.box for d in dets], np.float64).reshape(-1, 4)
-            ps = np.asarray([d.confidence for d in dets], np.float64)
-            pc = np.asarray([model_names.index(d.label) for d in dets], np.int64)
-            tps.append(match_image(pb, ps, pc, gt_boxes, g))
-            scores.append(ps)
-            pcls.append(pc)
-            gcls.append(g)
-        if progress:
-            progress(i + 1, len(pairs))
-    tp = np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool)
-    per = ap_per_class(tp, np.concatenate(scores) if scores else np.zeros(0),
-                       np.concatenate(pcls) if pcls else np.zeros(0, np.int64),
-                       np.concatenate(gcls) if gcls else np.zeros(0, np.int64), len(all_names), operating_conf)
+    pairs, excluded = _split_pairs(root, split, exclude)
+    matches, errors, all_names = _match_split(detector, root, pairs, names, tiles, progress)
+    per_image = [m for m in matches if m is not None]
+    per = ap_per_class(*_concat(per_image), len(all_names), operating_conf)
     active = set(detector.active_classes)
     classes = [ClassEval(name=all_names[c], trained=all_names[c] in active,
                          **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()})
@@ -290,7 +313,7 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
     with_gt = [c for c in classes if c.ground_truth]
     return DetectorEval(
         model=detector.name, model_sha256=detector.spec.sha256, dataset=str(root), split=split,
-        images=len(pairs) - len(errors), operating_conf=operating_conf,
+        images=len(per_image), operating_conf=operating_conf,
         map50=round(float(np.mean([c.ap50 for c in with_gt])), 4) if with_gt else 0.0,
         map50_95=round(float(np.mean([c.ap50_95 for c in with_gt])), 4) if with_gt else 0.0,
         classes=classes, errors=errors, tiles=tiles, excluded=excluded,
@@ -307,3 +330,115 @@ def read_image_list(path: str | Path) -> list[str]:
     if lines and "," in lines[0] and "path" in [c.strip() for c in lines[0].split(",")]:
         return [row["path"] for row in csv.DictReader(lines) if row.get("path")]
     return lines
+
+
+# -- comparing two detectors on the same photos ---------------------------------------------------------
+@dataclass
+class ClassComparison(_Element):
+    """AP50 of one class under detectors A and B, and the paired bootstrap interval of B - A."""
+
+    name: str
+    ground_truth: int
+    ap50_a: float
+    ap50_b: float
+    diff: float  # ap50_b - ap50_a
+    ci_low: float
+    ci_high: float
+
+    @property
+    def verdict(self) -> str:
+        """"better" / "worse" when the whole interval lies above / below 0, else "no clear difference"."""
+        return "better" if self.ci_low > 0 else "worse" if self.ci_high < 0 else "no clear difference"
+
+
+@dataclass
+class DetectorComparison(_Element):
+    """Detector B against detector A on one labelled split: per-class AP50 with paired bootstrap intervals
+    (the photos are resampled with replacement, the same draw for both models)."""
+
+    model_a: str
+    model_a_sha256: str
+    model_b: str
+    model_b_sha256: str
+    dataset: str
+    split: str
+    images: int
+    resamples: int
+    level: float
+    seed: int
+    classes: list[ClassComparison] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    excluded: list[str] = field(default_factory=list)
+
+
+class _ClassCurve:
+    """One class's detections sorted by score, with their images, for AP50 under image weights."""
+
+    def __init__(self, matches: list[ImageMatch], c: int) -> None:
+        tp, img, scores, gt_img = [], [], [], []
+        for i, (t, s, pc, gc) in enumerate(matches):
+            sel = pc == c
+            tp.append(t[sel, 0])
+            scores.append(s[sel])
+            img.append(np.full(int(sel.sum()), i))
+            gt_img.append(np.full(int((gc == c).sum()), i))
+        order = np.argsort(-np.concatenate(scores), kind="stable")
+        self.tp = np.concatenate(tp).astype(np.float64)[order]
+        self.img = np.concatenate(img).astype(np.int64)[order]
+        self.gt_img = np.concatenate(gt_img).astype(np.int64)
+
+    def ap50(self, weights: np.ndarray) -> float:
+        """AP50 with image i counted ``weights[i]`` times (a bootstrap draw); weights of 1 give the plain AP50."""
+        n_gt = float(weights[self.gt_img].sum())
+        if n_gt <= 0:
+            return float("nan")
+        w = weights[self.img]
+        cum_tp = np.cumsum(w * self.tp)
+        cum_fp = np.cumsum(w * (1.0 - self.tp))
+        return average_precision(cum_tp / n_gt, cum_tp / np.maximum(cum_tp + cum_fp, 1e-12))
+
+
+def compare_detectors(a: YoloDetector, b: YoloDetector, root: str | Path, split: str = "test",
+                      names: list[str] | None = None, exclude: Collection[str] = (), resamples: int = 1000,
+                      level: float = 0.95, seed: int = 0, progress: Callable[[int, int], None] | None = None,
+                      tiles: bool = False) -> DetectorComparison:
+    """Is B better than A on these photos, or is the difference noise? Both detectors run on every image of
+    the split; for each class with ground truth, AP50 of each and a percentile interval of B - A from
+    ``resamples`` bootstrap draws of the photos (paired: one draw serves both models). Only images both
+    could read count. With a few dozen boxes of a class, differences of several points are often noise:
+    that is what the interval shows. ``progress`` is called over both passes (2 x images)."""
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"resamples must be >= 1 and level in (0, 1), got {resamples} and {level}")
+    root = Path(root)
+    pairs, excluded = _split_pairs(root, split, exclude)
+    n = len(pairs)
+    runs = []
+    for k, det in enumerate((a, b)):
+        step = (lambda d, t, k=k: progress(k * n + d, 2 * n)) if progress else None
+        runs.append(_match_split(det, root, pairs, names, tiles, step))
+    (ma, errors_a, names_a), (mb, errors_b, names_b) = runs
+    both = [i for i in range(n) if ma[i] is not None and mb[i] is not None]
+    ma = [ma[i] for i in both]
+    mb = [mb[i] for i in both]
+    gt_a = np.concatenate([m[3] for m in ma]) if ma else np.zeros(0, np.int64)
+    counts = np.bincount(gt_a, minlength=len(names_a))
+    rng = np.random.default_rng(seed)
+    draws = [np.bincount(rng.integers(0, len(both), len(both)), minlength=len(both)).astype(np.float64)
+             for _ in range(resamples)] if both else []
+    classes = []
+    for ca, name in enumerate(names_a):
+        if not counts[ca]:
+            continue
+        curve_a, curve_b = _ClassCurve(ma, ca), _ClassCurve(mb, names_b.index(name))
+        ones = np.ones(len(both))
+        ap_a, ap_b = curve_a.ap50(ones), curve_b.ap50(ones)
+        diffs = np.array([curve_b.ap50(w) - curve_a.ap50(w) for w in draws])
+        diffs = diffs[~np.isnan(diffs)]  # draws without a box of the class
+        lo, hi = (np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2]) if len(diffs) else (np.nan, np.nan))
+        classes.append(ClassComparison(name=name, ground_truth=int(counts[ca]), ap50_a=round(ap_a, 4),
+                                       ap50_b=round(ap_b, 4), diff=round(ap_b - ap_a, 4),
+                                       ci_low=round(float(lo), 4), ci_high=round(float(hi), 4)))
+    return DetectorComparison(model_a=a.name, model_a_sha256=a.spec.sha256, model_b=b.name,
+                              model_b_sha256=b.spec.sha256, dataset=str(root), split=split, images=len(both),
+                              resamples=resamples, level=level, seed=seed, classes=classes,
+                              errors={**errors_a, **errors_b}, excluded=excluded)
