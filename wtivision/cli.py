@@ -174,8 +174,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import json
-
     from .evaluate import evaluate_detector, read_image_list
     from .registry import Registry
     from .runtime import RuntimeOptions, YoloDetector
@@ -204,19 +202,24 @@ def cmd_evaluate(args) -> int:
         note = "" if c.trained else "  (class not trained: its outputs are dropped)"
         print(f"  {c.name:24s} {c.ground_truth:6d} {c.ap50:6.3f} {c.ap50_95:8.3f}  "
               f"{c.precision:.3f}/{c.recall:.3f}{note}")
-    for k, v in ev.errors.items():
+    return _evaluation_tail(ev, args.json)
+
+
+def _evaluation_tail(result, json_path: str | None) -> int:
+    """The images an evaluation skipped, and its JSON file if asked for."""
+    import json
+
+    for k, v in result.errors.items():
         print(f"  skipped {k}: {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(ev.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {json_path}")
     return 0
 
 
 def _compare(args, reg, det, exclude: list[str]) -> int:
     """``wtivision evaluate --compare B``: B against the --model (or default) detector, per-class AP50 with
     paired bootstrap intervals."""
-    import json
-
     from .evaluate import compare_detectors
     from .runtime import RuntimeOptions, YoloDetector
 
@@ -235,12 +238,7 @@ def _compare(args, reg, det, exclude: list[str]) -> int:
     for c in cmp.classes:
         print(f"  {c.name:24s} {c.ground_truth:6d} {c.ap50_a:7.3f} {c.ap50_b:7.3f} {c.diff:+7.3f}  "
               f"[{c.ci_low:+.3f}, {c.ci_high:+.3f}] {c.verdict}")
-    for k, v in cmp.errors.items():
-        print(f"  skipped {k}: {v}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(cmp.to_dict(), indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
+    return _evaluation_tail(cmp, args.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
