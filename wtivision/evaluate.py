@@ -420,8 +420,8 @@ def compare_detectors(a: YoloDetector, b: YoloDetector, root: str | Path, split:
     both = [i for i in range(n) if ma[i] is not None and mb[i] is not None]
     ma = [ma[i] for i in both]
     mb = [mb[i] for i in both]
-    gt_a = np.concatenate([m[3] for m in ma]) if ma else np.zeros(0, np.int64)
-    counts = np.bincount(gt_a, minlength=len(names_a))
+    counts = np.bincount(_concat(ma)[3], minlength=len(names_a))
+    ones = np.ones(len(both))
     rng = np.random.default_rng(seed)
     draws = [np.bincount(rng.integers(0, len(both), len(both)), minlength=len(both)).astype(np.float64)
              for _ in range(resamples)] if both else []
@@ -430,7 +430,6 @@ def compare_detectors(a: YoloDetector, b: YoloDetector, root: str | Path, split:
         if not counts[ca]:
             continue
         curve_a, curve_b = _ClassCurve(ma, ca), _ClassCurve(mb, names_b.index(name))
-        ones = np.ones(len(both))
         ap_a, ap_b = curve_a.ap50(ones), curve_b.ap50(ones)
         diffs = np.array([curve_b.ap50(w) - curve_a.ap50(w) for w in draws])
         diffs = diffs[~np.isnan(diffs)]  # draws without a box of the class
