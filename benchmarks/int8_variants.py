@@ -59,12 +59,13 @@ def missed_scores(fp32, q, images: list[np.ndarray], conf: float = 0.25) -> list
     return sorted(out)
 
 
-def run(model: str | None, data: Path, names: list[str], n_images: int, latency: bool = True) -> dict:
+def run(model: str | None, data: Path, names: list[str], n_images: int, latency: bool = True,
+        models_dir: Path = REPO / "models") -> dict:
     from export.common import latency_ms
     from export.onnx import int8_good_enough, int8_report, quantize_int8, sample_images, stage
     from wtivision.registry import ModelSpec, Registry
 
-    reg = Registry(REPO / "models")
+    reg = Registry(models_dir)
     spec = reg.get(model) if model else reg.default_for("detector")
     check = sample_images(_images_dir(data, "test"), n_images, seed=2, top_up=False)
     out: dict = {"model": spec.name, "sha256": spec.sha256, "data": str(data), "images": len(check),
@@ -127,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, required=True, help="dataset folder with images/train and images/test")
     ap.add_argument("--model", help="detector name in models/manifest.json (default: the default detector)")
+    ap.add_argument("--models-dir", type=Path, default=REPO / "models",
+                    help="folder with manifest.json (default: models/; e.g. an unshipped export in runs/)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--images", type=int, default=200, help="test images for agreement (default 200)")
     ap.add_argument("--no-latency", action="store_true",
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
-    r = run(a.model, a.data, names, a.images, latency=not a.no_latency)
+    r = run(a.model, a.data, names, a.images, latency=not a.no_latency, models_dir=a.models_dir)
     a.out.with_suffix(".json").write_text(json.dumps(r, indent=2) + "\n", encoding="utf-8")
     a.out.with_suffix(".md").write_text(to_markdown(r), encoding="utf-8")
     print(to_markdown(r))

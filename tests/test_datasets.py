@@ -439,6 +439,37 @@ def test_strict_keep_splits_never_moves_a_pinned_image():
         assert [r.split for r in records] == want
 
 
+def test_only_sha256_picks_a_named_test_set_out_of_a_source(tmp_path):
+    """A source with ``only_sha256`` gives exactly the listed images, from a manifest-style CSV or a plain list;
+    a listed image the source lacks is reported; a malformed list is refused."""
+    src = _source(tmp_path, 12)
+    full = build(_recipe(src), tmp_path / "all")
+    rows = read_manifest(tmp_path / "all")[::3]
+    listed = tmp_path / "list.csv"
+    with listed.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["sha256", "original"])
+        w.writeheader()
+        w.writerows({"sha256": r["sha256"], "original": r["original"]} for r in rows)
+    recipe = _recipe(src, split={"test": 1.0})
+    recipe["sources"][0]["only_sha256"] = str(listed)
+    rep = build(recipe, tmp_path / "named")
+    got = read_manifest(tmp_path / "named")
+    assert sorted(r["sha256"] for r in got) == sorted(r["sha256"] for r in rows) and rep["images"] < full["images"]
+    assert {r["split"] for r in got} == {"test"}
+    assert "not found" not in (tmp_path / "named" / "problems.txt").read_text()
+    absent = "ab" * 32
+    plain = tmp_path / "list.txt"
+    plain.write_text(f"# one per line\n{rows[0]['sha256'].upper()}  # upper case is fine\n{absent}\n")
+    recipe["sources"][0]["only_sha256"] = str(plain)
+    build(recipe, tmp_path / "one")
+    assert [r["sha256"] for r in read_manifest(tmp_path / "one")] == [rows[0]["sha256"]]
+    assert f"1 of the 2 images listed in {plain} not found, e.g. {absent}" in (
+        tmp_path / "one" / "problems.txt").read_text()
+    plain.write_text("not-a-hash\n")
+    with pytest.raises(ValueError, match="not SHA-256"):
+        build(recipe, tmp_path / "bad")
+
+
 def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path):
     """A set without split folders (``images/`` + ``labels/``) is read from git; a large photo is downscaled to
     640 px with its normalised boxes unchanged; a file that is not an image is listed, not fatal."""
