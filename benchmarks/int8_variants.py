@@ -25,8 +25,9 @@ from benchmarks.common import machine
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (calibration images, calibration method, ultralytics modules kept in fp32 or None)
-VARIANTS: dict[str, tuple[int, str, tuple[int, int] | None]] = {
+# name -> (calibration images, calibration method, ultralytics modules kept in fp32 or None[, head output
+# convolutions kept in fp32])
+VARIANTS: dict[str, tuple] = {
     "minmax": (32, "MinMax", None),  # what export.onnx --int8 ships
     "minmax_200": (200, "MinMax", None),
     "percentile": (100, "Percentile", None),  # histograms of 200 images need > 20 GB
@@ -34,6 +35,8 @@ VARIANTS: dict[str, tuple[int, str, tuple[int, int] | None]] = {
     "neck_head_fp32": (32, "MinMax", (10, 22)),
     "backbone_fp32": (32, "MinMax", (0, 9)),
     "stem_fp32": (32, "MinMax", (0, 2)),
+    "head_out_fp32": (32, "MinMax", None, True),  # logits / box distributions unclipped
+    "head_out_fp32_200": (200, "MinMax", None, True),
 }
 
 
@@ -76,14 +79,15 @@ def run(model: str | None, data: Path, names: list[str], n_images: int, latency:
         runner = stage(ModelSpec(**spec.to_dict()), fp32_path)
         out["fp32_latency_ms"] = latency_ms(runner.detect, check) if latency else None
         for name in names:
-            n_calib, method, keep = VARIANTS[name]
+            n_calib, method, keep, *rest = VARIANTS[name]
+            head_out = bool(rest and rest[0])
             calib = sample_images(_images_dir(data, "train"), n_calib, seed=1)
-            qpath = quantize_int8(fp32_path, runner, calib, Path(td) / f"{name}.onnx", method, keep)
+            qpath = quantize_int8(fp32_path, runner, calib, Path(td) / f"{name}.onnx", method, keep, head_out)
             q = stage(ModelSpec(**{**spec.to_dict(), "name": name, "file": qpath.name, "precision": "int8"}), qpath)
             rep = int8_report(runner, q, check)
             if not latency:  # measured while something else loads the CPU: times would mislead
                 rep["latency_ms"] = None
-            rep.update(calibration=f"{method}, {n_calib} train images", fp32_modules=keep,
+            rep.update(calibration=f"{method}, {n_calib} train images", fp32_modules=keep, fp32_head_outputs=head_out,
                        ships=int8_good_enough(rep),
                        latency_vs_fp32=round(rep["latency_ms"] / out["fp32_latency_ms"], 2) if latency else None,
                        missed_at_0_25=missed_scores(runner, q, check))
@@ -112,6 +116,7 @@ def to_markdown(r: dict) -> str:
     for name, v in r["variants"].items():
         a = v["agreement"]
         keep = "decode" if v["fp32_modules"] is None else f"decode + {v['fp32_modules'][0]}-{v['fp32_modules'][1]}"
+        keep += " + output convs" if v.get("fp32_head_outputs") else ""
         lines.append(f"| {name} | {v['calibration']} | {keep} | {a['conf_0.25']} | {a['conf_0.1']} | "
                      f"{a['conf_top10']} | {v['latency_ms'] or '-'} | {v['latency_vs_fp32'] or '-'} | "
                      f"{'yes' if v['ships'] else 'no'} |")

@@ -330,6 +330,22 @@ def head_decode_nodes(path: Path) -> list[str]:
             and not any(f"/{b}." in n.name for b in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"))]
 
 
+def head_output_nodes(path: Path) -> list[str]:
+    """The detection head's output convolutions (the plain ``nn.Conv2d`` ending each cv2 box / cv3 class
+    branch): kept in fp32 so that their outputs, the box distributions and class logits, are not clipped to
+    the range the calibration photos happened to reach (an object scored above every calibration logit of
+    its scale would read as that maximum, e.g. 0.243 for a fp32 0.36) nor rounded to 256 levels."""
+    import onnx
+
+    nodes = onnx.load(str(path)).graph.node
+    indices = [i for i in (_module_index(n.name) for n in nodes) if i is not None]
+    if not indices:
+        return []
+    head = max(indices)
+    return [n.name for n in nodes if n.op_type == "Conv" and _module_index(n.name) == head
+            and "/conv/" not in n.name and any(f"/{b}." in n.name for b in ("cv2", "cv3"))]
+
+
 def _module_index(node_name: str) -> int | None:
     """N of a node named ``/model.N/...`` by the ultralytics exporter, else None."""
     parts = node_name.split("/")
@@ -347,10 +363,12 @@ def module_nodes(path: Path, first: int, last: int) -> list[str]:
 
 
 def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
-                  method: str = "MinMax", fp32_modules: tuple[int, int] | None = None) -> Path:
+                  method: str = "MinMax", fp32_modules: tuple[int, int] | None = None,
+                  fp32_head_outputs: bool = False) -> Path:
     """Static QDQ int8 (per-channel weights, uint8 activations, calibration on ``calib`` images with
     ``method``: MinMax, Percentile or Entropy). ``fp32_modules`` (first, last): ultralytics modules kept in fp32
-    besides the detection head's decode (mixed precision)."""
+    besides the detection head's decode (mixed precision); ``fp32_head_outputs``: the head's output
+    convolutions too (``head_output_nodes``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -377,6 +395,8 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
     exclude = head_decode_nodes(pre) if isinstance(runner, YoloDetector) else []
     if fp32_modules is not None:
         exclude += module_nodes(pre, *fp32_modules)
+    if fp32_head_outputs and isinstance(runner, YoloDetector):
+        exclude += head_output_nodes(pre)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                     calibrate_method=CalibrationMethod[method])

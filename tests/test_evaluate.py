@@ -211,3 +211,28 @@ def test_compare_detectors_tells_a_real_loss_from_no_change(labelled, tiny_model
     assert json.loads(out.read_text())["resamples"] == 50
     with pytest.raises(ValueError, match="resamples"):
         compare_detectors(a, b, labelled, resamples=0)
+
+
+def test_false_alarm_counts_per_model_and_set(labelled, tiny_models_dir, capsys):
+    """benchmarks.false_alarms: the tiny detector boxes a cartridge in every readable photo, its blind twin in
+    none; the unreadable photo is skipped, not counted; the CLI refuses a set that matches nothing."""
+    from conftest import TINY_CLASSES, TINY_RAW, build_constant_detector
+
+    from benchmarks.false_alarms import main
+    from wtivision.registry import ModelSpec, sha256_file, write_manifest_entry
+
+    blind = TINY_RAW.copy()
+    blind[0, 5] = 0.0
+    build_constant_detector(tiny_models_dir / "blind.onnx", blind)
+    write_manifest_entry(tiny_models_dir, ModelSpec(
+        name="tiny-blind", file="blind.onnx", sha256=sha256_file(tiny_models_dir / "blind.onnx"), task="detect",
+        classes=TINY_CLASSES, input_size=[64, 64], preprocessing={"letterbox": True, "pad_value": 114},
+        licence="AGPL-3.0-or-later", source="tests/test_evaluate.py", role="detector"))
+    photos = f"{labelled}/images/test/*"
+    assert main(["--models", "tiny-detector,tiny-blind", "--models-dir", str(tiny_models_dir),
+                 "--labels", "cartridge", "--set", f"bench={photos}"]) == 0
+    table = capsys.readouterr().out
+    assert "| tiny-detector | bench | 2 | 2 | 2 | 0.7, 0.7 |" in table  # one cartridge box in each readable photo
+    assert "| tiny-blind | bench | 2 | 0 | 0 | - |" in table
+    with pytest.raises(SystemExit):
+        main(["--models", "tiny-detector", "--models-dir", str(tiny_models_dir), "--set", "none=/nowhere/*"])

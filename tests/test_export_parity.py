@@ -99,3 +99,23 @@ def test_module_nodes_selects_ultralytics_modules_by_index(tmp_path):
     assert module_nodes(path, 0, 1) == ["/model.0/conv/Conv", "/model.1/Relu"]
     assert module_nodes(path, 10, 22) == ["/model.10/Relu", "/model.12/m.0/Relu"]
     assert module_nodes(path, 2, 9) == []
+
+
+def test_head_output_nodes_are_the_plain_convs_ending_each_branch(tmp_path):
+    """int8 variant `head_out_fp32`: only the detection head's (last module's) plain output convolutions of the
+    cv2 / cv3 branches, not their Conv blocks (``/conv/Conv``), the DFL conv or convs of other modules."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from export.onnx import head_output_nodes
+
+    names = [("Conv", "/model.21/cv2/conv/Conv"), ("Conv", "/model.21/cv2.0/cv2.0.2/Conv"),
+             ("Conv", "/model.22/cv2.0/cv2.0.0/conv/Conv"), ("Conv", "/model.22/cv2.0/cv2.0.2/Conv"),
+             ("Conv", "/model.22/cv3.0/cv3.0.0/conv/Conv"), ("Conv", "/model.22/cv3.2/cv3.2.2/Conv"),
+             ("Sigmoid", "/model.22/cv3.2/Sigmoid"), ("Conv", "/model.22/dfl/conv/Conv")]
+    nodes = [helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], name=n) for i, (op, n) in enumerate(names)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(f"t{len(names)}", TensorProto.FLOAT, [1])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert head_output_nodes(path) == ["/model.22/cv2.0/cv2.0.2/Conv", "/model.22/cv3.2/cv3.2.2/Conv"]
