@@ -107,3 +107,25 @@ def test_examples_ied_components_are_detected(scanned):
             assert set(boxed) >= {lab for lab in v["objects"] if family_of(lab) == IED_COMPONENT}, (k, boxed)
         else:
             assert not boxed, (k, boxed)
+
+
+def test_every_shipped_detector_finds_the_example_firearms():
+    """Non-default detectors of the manifest (e.g. an int8 model kept as the fast option, whose fp32 reference may
+    have left models/) must still box a firearm in every real firearm photo of examples/."""
+    from wtivision.media import load_image
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+    from wtivision.taxonomy import FIREARM, family_of
+
+    reg = Registry()
+    specs = [s for s in reg.specs() if s.task == "detect"]
+    if not specs:
+        pytest.skip("no detector in models/manifest.json")
+    expected = json.loads((REPO / "examples" / "expected.json").read_text())
+    firearm_photos = [k for k, v in expected.items()
+                      if isinstance(v, dict) and any(family_of(lab) == FIREARM for lab in v["objects"])]
+    images = {k: load_image(REPO / "examples" / k).array for k in firearm_photos}
+    for spec in specs:
+        det = YoloDetector(spec, reg)
+        found = [k for k, im in images.items() if any(family_of(d.label) == FIREARM for d in det.detect(im))]
+        assert len(found) >= MIN_FIREARM_PHOTOS_FOUND, (spec.name, found)
