@@ -468,6 +468,26 @@ def test_only_sha256_picks_a_named_test_set_out_of_a_source(tmp_path):
     plain.write_text("not-a-hash\n")
     with pytest.raises(ValueError, match="not SHA-256"):
         build(recipe, tmp_path / "bad")
+    # the named set as a pinned source beside the whole source: the listed images (scene 0 among them) and their
+    # twins (zz_near_dup, a resized copy of scene 0 left in the other source) land in test
+    first = sorted((src / "images" / "train").glob("scene_*.jpg"))[0].name
+    pick = [r for r in read_manifest(tmp_path / "all") if r["original"].endswith(first)] + rows
+    listed.write_text("sha256\n" + "".join(r["sha256"] + "\n" for r in pick))
+    src_all = {**_recipe(src)["sources"][0], "name": "all"}
+    held = {**recipe["sources"][0], "name": "held", "only_sha256": str(listed), "pin_split": "test"}
+    both = _recipe(src, sources=[held, src_all])
+    unpinned = _recipe(src, sources=[{**held, "pin_split": None}, src_all])
+    build(unpinned, tmp_path / "unpinned")
+    listed_sha = {r["sha256"] for r in pick}
+    assert {r["split"] for r in read_manifest(tmp_path / "unpinned") if r["sha256"] in listed_sha} != {"test"}
+    build(both, tmp_path / "pinned")
+    got = read_manifest(tmp_path / "pinned")
+    assert {r["split"] for r in got if r["sha256"] in listed_sha} == {"test"}
+    assert {r["source"] for r in got if r["sha256"] in listed_sha} == {"held"}
+    assert next(r for r in got if r["original"] == "images/train/zz_near_dup.jpg")["split"] == "test"
+    held["pin_split"] = "holdout"
+    with pytest.raises(ValueError, match="pin_split"):
+        build(both, tmp_path / "bad2")
 
 
 def test_prepare_raw_reads_a_flat_git_set_and_records_unreadable_images(tmp_path):
