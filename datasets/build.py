@@ -618,8 +618,14 @@ def _recipe_file(recipe: dict[str, Any], key: str) -> Path:
 def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
     """Run the whole build; return the summary also written to ``out/build.json``."""
     out = Path(out)
+    pins = {src["name"]: src["pin_split"] for src in recipe["sources"] if src.get("pin_split")}
+    bad = {n: v for n, v in pins.items() if v not in SPLITS}
+    if bad:
+        raise ValueError(f"pin_split must be one of {', '.join(SPLITS)}: {bad}")
     out.mkdir(parents=True, exist_ok=True)
     records, problems = collect(recipe, out)
+    # by SHA-256 before exact duplicates are dropped: a pinned photo also found in an earlier source stays pinned
+    pinned = {r.sha256: pins[r.source] for r in records if r.source in pins}
     records, dup_problems = drop_exact_duplicates(records)
     problems += dup_problems
     dist = int(recipe.get("phash_distance", 6))
@@ -640,13 +646,8 @@ def build(recipe: dict[str, Any], out: Path) -> dict[str, Any]:
             fixed = {row["sha256"]: row["split"] for row in csv.DictReader(fh)
                      if row["split"] in only and row["path"] not in skip}
         logger.info("keeping the splits of %d images from %s", len(fixed), keep)
-    pins = {src["name"]: src["pin_split"] for src in recipe["sources"] if src.get("pin_split")}
-    if pins:
-        bad = {n: v for n, v in pins.items() if v not in SPLITS}
-        if bad:
-            raise ValueError(f"pin_split must be one of {', '.join(SPLITS)}: {bad}")
-        fixed = dict(fixed or {})
-        fixed.update({r.sha256: pins[r.source] for r in records if r.source in pins})
+    if pinned:
+        fixed = {**(fixed or {}), **pinned}
     assign_splits(records, recipe.get("split", {"train": 0.8, "val": 0.1, "test": 0.1}), int(recipe.get("seed", 0)),
                   fixed, bool(recipe.get("keep_splits_strict", False)))
     tiles = add_tiles(records, recipe.get("tiles") or [], out, dist)

@@ -475,15 +475,17 @@ def test_only_sha256_picks_a_named_test_set_out_of_a_source(tmp_path):
     listed.write_text("sha256\n" + "".join(r["sha256"] + "\n" for r in pick))
     src_all = {**_recipe(src)["sources"][0], "name": "all"}
     held = {**recipe["sources"][0], "name": "held", "only_sha256": str(listed), "pin_split": "test"}
-    both = _recipe(src, sources=[held, src_all])
-    unpinned = _recipe(src, sources=[{**held, "pin_split": None}, src_all])
+    # the whole source first: the held-out photos are its exact duplicates there, dropped from `held`, and the
+    # pin must hold all the same
+    both = _recipe(src, sources=[src_all, held])
+    unpinned = _recipe(src, sources=[src_all, {**held, "pin_split": None}])
     build(unpinned, tmp_path / "unpinned")
     listed_sha = {r["sha256"] for r in pick}
     assert {r["split"] for r in read_manifest(tmp_path / "unpinned") if r["sha256"] in listed_sha} != {"test"}
     build(both, tmp_path / "pinned")
     got = read_manifest(tmp_path / "pinned")
     assert {r["split"] for r in got if r["sha256"] in listed_sha} == {"test"}
-    assert {r["source"] for r in got if r["sha256"] in listed_sha} == {"held"}
+    assert {r["source"] for r in got if r["sha256"] in listed_sha} == {"all"}
     assert next(r for r in got if r["original"] == "images/train/zz_near_dup.jpg")["split"] == "test"
     held["pin_split"] = "holdout"
     with pytest.raises(ValueError, match="pin_split"):
