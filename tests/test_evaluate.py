@@ -236,3 +236,26 @@ def test_false_alarm_counts_per_model_and_set(labelled, tiny_models_dir, capsys)
     assert "| tiny-blind | bench | 2 | 0 | 0 | - |" in table
     with pytest.raises(SystemExit):
         main(["--models", "tiny-detector", "--models-dir", str(tiny_models_dir), "--set", "none=/nowhere/*"])
+
+
+def test_postprocess_variants_aware_is_the_runtime_and_flip_mirrors_back(tiny_models_dir):
+    """benchmarks.postprocess_variants: `aware` gives exactly the runtime's boxes; `flip` adds the mirror image's
+    boxes mapped back into the photo (the constant detector sees the same thing in the mirror, so each box
+    comes back with its reflection about the vertical midline)."""
+    from benchmarks.postprocess_variants import variant_detector
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+
+    reg = Registry(tiny_models_dir)
+    spec = reg.get("tiny-detector")
+    image = np.full((64, 64, 3), 90, np.uint8)
+    plain = YoloDetector(spec, reg, conf_threshold=0.5)
+    aware, flip = variant_detector(spec, reg, "aware"), variant_detector(spec, reg, "flip")
+    aware.conf_threshold = flip.conf_threshold = 0.5
+    for x, y in zip(plain.boxes(image), aware.boxes(image)):
+        np.testing.assert_array_equal(x, y)
+    boxes, scores, cls = flip.boxes(image)
+    got = sorted((int(c), *np.round(b).astype(int).tolist()) for b, c in zip(boxes, cls))
+    assert got == [(0, 8, 28, 24, 36), (0, 40, 28, 56, 36), (1, 12, 28, 20, 36), (1, 44, 28, 52, 36)]
+    with pytest.raises(ValueError, match="unknown variant"):
+        variant_detector(spec, reg, "tta")
