@@ -176,23 +176,30 @@ def test_weighted_ap50_is_the_plain_ap50_and_a_weight_is_a_copy():
     assert curve.ap50(w) == pytest.approx(_ClassCurve(matches + [matches[7]], 1).ap50(np.ones(41)))
 
 
-def test_compare_detectors_tells_a_real_loss_from_no_change(labelled, tiny_models_dir, tmp_path, capsys):
-    """B is the tiny detector blind to cartridges: cartridge AP50 1 -> 0 in every draw ("worse"), pistol the
-    same ("no clear difference", interval [0, 0]); the CLI prints both and writes the JSON."""
+def _add_blind_detector(models_dir: Path) -> None:
+    """Register "tiny-blind" beside the tiny detector: the same constant output without any cartridge score."""
     from conftest import TINY_CLASSES, TINY_RAW, build_constant_detector
 
-    from wtivision.cli import main
-    from wtivision.evaluate import DetectorComparison, compare_detectors
-    from wtivision.registry import ModelSpec, Registry, sha256_file, write_manifest_entry
-    from wtivision.runtime import YoloDetector
+    from wtivision.registry import ModelSpec, sha256_file, write_manifest_entry
 
     blind = TINY_RAW.copy()
     blind[0, 5] = 0.0  # no cartridge score anywhere
-    build_constant_detector(tiny_models_dir / "blind.onnx", blind)
-    write_manifest_entry(tiny_models_dir, ModelSpec(
-        name="tiny-blind", file="blind.onnx", sha256=sha256_file(tiny_models_dir / "blind.onnx"), task="detect",
+    build_constant_detector(models_dir / "blind.onnx", blind)
+    write_manifest_entry(models_dir, ModelSpec(
+        name="tiny-blind", file="blind.onnx", sha256=sha256_file(models_dir / "blind.onnx"), task="detect",
         classes=TINY_CLASSES, input_size=[64, 64], preprocessing={"letterbox": True, "pad_value": 114},
         licence="AGPL-3.0-or-later", source="tests/test_evaluate.py", role="detector"))
+
+
+def test_compare_detectors_tells_a_real_loss_from_no_change(labelled, tiny_models_dir, tmp_path, capsys):
+    """B is the tiny detector blind to cartridges: cartridge AP50 1 -> 0 in every draw ("worse"), pistol the
+    same ("no clear difference", interval [0, 0]); the CLI prints both and writes the JSON."""
+    from wtivision.cli import main
+    from wtivision.evaluate import DetectorComparison, compare_detectors
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+
+    _add_blind_detector(tiny_models_dir)
     reg = Registry(tiny_models_dir)
     a, b = (YoloDetector(reg.get(n), reg, conf_threshold=0.001) for n in ("tiny-detector", "tiny-blind"))
     cmp = compare_detectors(a, b, labelled, resamples=200)
@@ -216,18 +223,9 @@ def test_compare_detectors_tells_a_real_loss_from_no_change(labelled, tiny_model
 def test_false_alarm_counts_per_model_and_set(labelled, tiny_models_dir, capsys):
     """benchmarks.false_alarms: the tiny detector boxes a cartridge in every readable photo, its blind twin in
     none; the unreadable photo is skipped, not counted; the CLI refuses a set that matches nothing."""
-    from conftest import TINY_CLASSES, TINY_RAW, build_constant_detector
-
     from benchmarks.false_alarms import main
-    from wtivision.registry import ModelSpec, sha256_file, write_manifest_entry
 
-    blind = TINY_RAW.copy()
-    blind[0, 5] = 0.0
-    build_constant_detector(tiny_models_dir / "blind.onnx", blind)
-    write_manifest_entry(tiny_models_dir, ModelSpec(
-        name="tiny-blind", file="blind.onnx", sha256=sha256_file(tiny_models_dir / "blind.onnx"), task="detect",
-        classes=TINY_CLASSES, input_size=[64, 64], preprocessing={"letterbox": True, "pad_value": 114},
-        licence="AGPL-3.0-or-later", source="tests/test_evaluate.py", role="detector"))
+    _add_blind_detector(tiny_models_dir)
     photos = f"{labelled}/images/test/*"
     assert main(["--models", "tiny-detector,tiny-blind", "--models-dir", str(tiny_models_dir),
                  "--labels", "cartridge", "--set", f"bench={photos}"]) == 0
@@ -259,3 +257,26 @@ def test_postprocess_variants_aware_is_the_runtime_and_flip_mirrors_back(tiny_mo
     assert got == [(0, 8, 28, 24, 36), (0, 40, 28, 56, 36), (1, 12, 28, 20, 36), (1, 44, 28, 52, 36)]
     with pytest.raises(ValueError, match="unknown variant"):
         variant_detector(spec, reg, "tta")
+
+
+def test_ship_check_fails_a_candidate_clearly_worse_on_a_judged_class(labelled, tiny_models_dir, tmp_path, capsys):
+    """training.ship_check: the blind candidate fails on cartridge (exit 1), the baseline against itself passes
+    (exit 0); a missing test set or a judged class without ground truth is an error (exit 2), never a pass."""
+    from training.ship_check import main
+
+    _add_blind_detector(tiny_models_dir)
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(f"checks:\n  - {{name: bench, dataset: {labelled}, classes: [pistol, cartridge]}}\n")
+    args = ["--models-dir", str(tiny_models_dir), "--checks", str(checks), "--resamples", "50"]
+    assert main(["--candidate", "tiny-blind", *args, "--json", str(tmp_path / "r.json")]) == 1
+    out = capsys.readouterr().out
+    assert "FAILS: clearly worse: cartridge on bench" in out and "no clear difference" in out  # pistol unchanged
+    assert not json.loads((tmp_path / "r.json").read_text())["passes"]
+    assert main(["--candidate", "tiny-detector", *args]) == 0
+    assert "PASSES" in capsys.readouterr().out
+    checks.write_text("checks:\n  - {name: gone, dataset: /nowhere, classes: [pistol], recipe: build-it}\n")
+    assert main(["--candidate", "tiny-blind", *args]) == 2
+    assert "no test set at /nowhere (build it: build-it)" in capsys.readouterr().out
+    checks.write_text(f"checks:\n  - {{name: bench, dataset: {labelled}, classes: [marking]}}\n")
+    assert main(["--candidate", "tiny-blind", *args]) == 2
+    assert "no 'marking' box" in capsys.readouterr().out
