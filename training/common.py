@@ -159,9 +159,35 @@ def run_cli(task: str, doc: str | None, argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, required=True)
     ap.add_argument("--resume", action="store_true", help="continue the run from its weights/last.pt")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key (VALUE read as yaml; train_args.KEY for ultralytics arguments), "
+                         "e.g. --set data=/tmp/pack --set train_args.time=0.1; repeatable")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(train(load_config(a.config), task, a.resume))
+    cfg = load_config(a.config)
+    try:
+        apply_overrides(cfg, a.set)
+    except ValueError as exc:
+        ap.error(str(exc))
+    print(train(cfg, task, a.resume))
     return 0
+
+
+def apply_overrides(cfg: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings into ``cfg`` (values parsed as yaml; one level of dots: ``train_args.time=0.1``)."""
+    import yaml
+
+    for item in items:
+        key, sep, value = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts) or len(parts) > 2:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE or SECTION.KEY=VALUE")
+        target = cfg
+        if len(parts) == 2:
+            target = cfg.setdefault(parts[0], {})
+            if not isinstance(target, dict):
+                raise ValueError(f"--set {item!r}: {parts[0]!r} is not a section")
+        target[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    return cfg
 
 
