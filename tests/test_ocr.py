@@ -255,6 +255,32 @@ def test_case_heads_found_in_wider_photos_and_not_in_texture_or_plain_discs():
         assert find_case_heads(photo) == []
 
 
+def test_case_head_found_on_dense_texture_at_a_reduced_working_size():
+    """On gravel-like texture (more than max_edge_density of edge pixels) the finder works on a smaller copy,
+    which bounds Hough's cost, and must still find a head of the usual size and place it in photo pixels."""
+    import cv2
+
+    from datasets.synth.text import generate
+    from wtivision.ocr.headstamp import find_case_heads
+    from wtivision.ops import box_iou
+
+    rng = np.random.default_rng(3)
+    h, w = 1200, 1600
+    texture = cv2.resize(rng.integers(40, 220, (h // 3, w // 3, 3), dtype=np.uint8), (w, h),
+                         interpolation=cv2.INTER_CUBIC)
+    head = cv2.resize(generate("headstamps", 1, seed=7)[0].image, (420, 420), interpolation=cv2.INTER_AREA)
+    mask = np.zeros((420, 420), np.uint8)
+    cv2.circle(mask, (210, 210), 209, 255, -1)
+    x, y = 700, 400
+    roi = texture[y:y + 420, x:x + 420]
+    roi[mask > 0] = head[mask > 0]
+    small = cv2.medianBlur(cv2.cvtColor(cv2.resize(texture, (640, 480), interpolation=cv2.INTER_AREA),
+                                        cv2.COLOR_BGR2GRAY), 5)
+    assert np.count_nonzero(cv2.Canny(small, 60, 120)) / small.size > 0.05  # the reduced path is taken
+    heads = find_case_heads(texture)
+    assert heads and box_iou([heads[0].box], [[x, y, x + 420, y + 420]])[0, 0] > 0.6
+
+
 def test_headstamp_read_on_a_case_head_in_a_wider_photo(engine):
     from datasets.synth.text import generate
     from wtivision.ocr import OcrStep
