@@ -173,6 +173,11 @@ def bench_scan(photos_dir: Path, workdir: Path) -> dict:
     # detection + typology only: what the scan costs where OCR runs only on marking boxes and the detector
     # has no marking class (detector v1.1); the runs above also read every photo in which nothing was detected
     out["workers_2_no_ocr"] = _scan(photos_dir, workdir / "scan_w2_no_ocr", 2, ["--no-ocr"])
+    # the worst case found so far: dense texture and nothing to detect, so every photo gets the whole-photo OCR
+    # and the case-head search (6.5 s per 2048x1536 photo before that search was bounded, 2026-11-30)
+    texture = workdir / "texture_photos"
+    generated_photos(texture, 20, seed=7)
+    out["workers_1_texture_only"] = _scan(texture, workdir / "scan_texture", 1)
     code = ("import time;t=time.perf_counter();import wtivision;from wtivision import Analyzer;"
             "a=Analyzer();import numpy as np;a.analyze(np.zeros((480,640,3),np.uint8));"
             "print(round(time.perf_counter()-t,3))")
