@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
-import io
 import json
 import logging
 import shutil
@@ -342,14 +341,11 @@ def _relative(p: Path, base: Path) -> str:
 
 
 def read_sha256_list(path: Path) -> set[str]:
-    """The SHA-256s of an image list: a CSV with a ``sha256`` column (e.g. a manifest.csv) or one hash per line
-    (``#`` comments allowed)."""
-    text = Path(path).read_text(encoding="utf-8")
-    first = text.lstrip().splitlines()[0] if text.strip() else ""
-    if "sha256" in first.split(","):
-        hashes = {row["sha256"].strip().lower() for row in csv.DictReader(io.StringIO(text))}
-    else:
-        hashes = {line.split("#")[0].strip().lower() for line in text.splitlines()} - {""}
+    """The SHA-256s of an image list (``wtivision.evaluate.read_image_list``): a CSV with a ``sha256`` column
+    (e.g. a manifest.csv) or one hash per line (``#`` comments allowed, after a hash too)."""
+    from wtivision.evaluate import read_image_list
+
+    hashes = {entry.split("#")[0].strip().lower() for entry in read_image_list(path, column="sha256")} - {""}
     bad = sorted(h for h in hashes if len(h) != 64 or any(c not in "0123456789abcdef" for c in h))
     if bad:
         raise ValueError(f"{path}: not SHA-256 hex digests: {bad[:3]}")

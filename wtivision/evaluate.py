@@ -320,15 +320,16 @@ def evaluate_detector(detector: YoloDetector, root: str | Path, split: str = "te
     )
 
 
-def read_image_list(path: str | Path) -> list[str]:
-    """Image paths from a file: the ``path`` column of a CSV with a header (``leaks.csv`` of
-    ``datasets.build --audit``), else one path per line; blank lines and ``#`` comments are skipped."""
+def read_image_list(path: str | Path, column: str = "path") -> list[str]:
+    """Image paths (or another ``column``, e.g. ``sha256``) from a file: that column of a CSV with a header
+    (``leaks.csv`` of ``datasets.build --audit``, a manifest.csv), else one entry per line; blank lines and
+    ``#`` comment lines are skipped."""
     import csv
 
     text = Path(path).read_text(encoding="utf-8")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    if lines and "," in lines[0] and "path" in [c.strip() for c in lines[0].split(",")]:
-        return [row["path"] for row in csv.DictReader(lines) if row.get("path")]
+    if lines and column in [c.strip() for c in lines[0].split(",")]:
+        return [row[column] for row in csv.DictReader(lines) if row.get(column)]
     return lines
 
 
