@@ -319,13 +319,9 @@ def classify_parity(pt_model: Any, clf: ImageClassifier, images: list[np.ndarray
 def head_decode_nodes(path: Path) -> list[str]:
     """Nodes of the YOLO detection head's decode (everything in the last ``/model.N/`` module except the
     cv2/cv3 convolution branches): kept in fp32 by the quantiser for box precision."""
-    import onnx
-
-    nodes = onnx.load(str(path)).graph.node
-    indices = [i for i in (_module_index(n.name) for n in nodes) if i is not None]
-    if not indices:
+    nodes, head = _head_module(path)
+    if head is None:
         return [n.name for n in nodes[-12:]]
-    head = max(indices)
     return [n.name for n in nodes if _module_index(n.name) == head
             and not any(f"/{b}." in n.name for b in ("cv2", "cv3", "one2one_cv2", "one2one_cv3"))]
 
@@ -335,15 +331,18 @@ def head_output_nodes(path: Path) -> list[str]:
     branch): kept in fp32 so that their outputs, the box distributions and class logits, are not clipped to
     the range the calibration photos happened to reach (an object scored above every calibration logit of
     its scale would read as that maximum, e.g. 0.243 for a fp32 0.36) nor rounded to 256 levels."""
+    nodes, head = _head_module(path)
+    return [n.name for n in nodes if n.op_type == "Conv" and head is not None and _module_index(n.name) == head
+            and "/conv/" not in n.name and any(f"/{b}." in n.name for b in ("cv2", "cv3"))]
+
+
+def _head_module(path: Path) -> tuple[Any, int | None]:
+    """The graph's nodes and N of its last ``/model.N/`` module (the detection head), None if unnamed."""
     import onnx
 
     nodes = onnx.load(str(path)).graph.node
     indices = [i for i in (_module_index(n.name) for n in nodes) if i is not None]
-    if not indices:
-        return []
-    head = max(indices)
-    return [n.name for n in nodes if n.op_type == "Conv" and _module_index(n.name) == head
-            and "/conv/" not in n.name and any(f"/{b}." in n.name for b in ("cv2", "cv3"))]
+    return nodes, (max(indices) if indices else None)
 
 
 def _module_index(node_name: str) -> int | None:
