@@ -28,12 +28,6 @@ from pathlib import Path
 import numpy as np
 
 logger = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-def _label_path(data: Path, image: Path) -> Path:
-    rel = image.relative_to(data / "images")
-    return (data / "labels" / rel).with_suffix(".txt")
 
 
 def _classes(label: Path) -> list[int]:
@@ -80,6 +74,8 @@ def pack(data: Path, out: Path, splits: list[str], max_side: int = 416, quality:
     """Write the chunks and ``pack.json``; return its content."""
     import yaml
 
+    from wtivision.evaluate import split_images
+
     data, out = Path(data), Path(out)
     if not (data / "data.yaml").is_file():
         raise FileNotFoundError(f"{data}: no data.yaml (build the dataset first: python -m datasets.build)")
@@ -107,9 +103,10 @@ def pack(data: Path, out: Path, splits: list[str], max_side: int = 416, quality:
         shutil.copy(data / "manifest.csv", folder / "manifest.csv")
         used += (data / "manifest.csv").stat().st_size
     for split in splits:
-        images = sorted(p for p in (data / "images" / split).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        items = choose([(p, _classes(_label_path(data, p))) for p in images], max_images if split == "train"
-                       else None, seed)
+        # (image, label) pairs as `wtivision evaluate` reads them; a split the dataset lacks packs nothing
+        labels = dict(split_images(data, split)) if (data / "images" / split).is_dir() else {}
+        images = sorted(labels)
+        items = choose([(p, _classes(labels[p])) for p in images], max_images if split == "train" else None, seed)
         n = 0
         for image, _ in items:
             try:
@@ -117,7 +114,7 @@ def pack(data: Path, out: Path, splits: list[str], max_side: int = 416, quality:
             except ValueError as exc:
                 report["skipped"].append(str(exc))
                 continue
-            label = _label_path(data, image)
+            label = labels[image]
             text = label.read_bytes() if label.is_file() else b""
             size = len(blob) + len(text)
             if used + size > limit and report["chunks"][-1]["images"]:
