@@ -63,6 +63,8 @@ def test_student_moves_towards_teacher_on_unseen_views():
         other = DetectionModel(_yaml(0.125), nc=2, verbose=False)
         other.names = {0: "a", 1: "b"}
         distill(teacher, other, batches, steps=1)
+    with pytest.raises(ValueError, match="nothing to do"):
+        distill(teacher, student, batches, steps=0)
 
 
 def test_views_are_square_and_in_range():

@@ -105,8 +105,9 @@ def head_outputs(model: Any, x: Any) -> tuple[Any, Any]:
     return raw["boxes"], raw["scores"]
 
 
-def distill_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 16) -> tuple[Any, dict]:
-    """Class BCE against the teacher's scores + score-weighted KL of the box-side distributions."""
+def distill_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 16,
+                 box_weight: float = 1.0) -> tuple[Any, dict]:
+    """Class BCE against the teacher's scores + ``box_weight`` x score-weighted KL of the box-side distributions."""
     import torch
     import torch.nn.functional as F
 
@@ -119,7 +120,7 @@ def distill_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 
     kl = (t_p * (torch.log(t_p.clamp(min=1e-9)) - s_logp)).sum(dim=2).sum(dim=1)  # [B, A]
     w = t_score.max(dim=1).values  # [B, A]
     l_box = (kl * w).sum() / w.sum().clamp(min=1e-6)
-    return l_cls + l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
+    return l_cls + box_weight * l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
 
 
 def load_detector(path: Path) -> Any:
@@ -156,13 +157,15 @@ def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], info: di
 
 
 def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 2e-4, hours: float | None = None,
-            steps: int | None = None, on_step: Any = None) -> list[dict[str, float]]:
+            steps: int | None = None, box_weight: float = 1.0, on_step: Any = None) -> list[dict[str, float]]:
     """Train ``student`` towards ``teacher`` on ``loader`` batches until ``hours`` or ``steps`` run out
     (cosine learning rate over whichever is given); returns the per-step log."""
     import torch
 
     if (hours is None) == (steps is None):
         raise ValueError("give exactly one of hours or steps")
+    if (hours is not None and hours <= 0) or (steps is not None and steps < 1):
+        raise ValueError(f"nothing to do: hours={hours}, steps={steps}")
     if len(teacher.names) != len(student.names):
         raise ValueError(f"teacher has {len(teacher.names)} classes, student {len(student.names)}")
     teacher = teacher.eval()
@@ -185,7 +188,7 @@ def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 2e-4, hours:
             with torch.no_grad():
                 t_box, t_cls = head_outputs(teacher, x)
             s_box, s_cls = head_outputs(student, x)
-            loss, parts = distill_loss(s_box, s_cls, t_box, t_cls, reg_max)
+            loss, parts = distill_loss(s_box, s_cls, t_box, t_cls, reg_max, box_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -207,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     budget.add_argument("--hours", type=float, help="time budget (the learning rate decays over it)")
     budget.add_argument("--steps", type=int, help="number of batches instead of a time budget")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, default=1e-5,
+                    help="AdamW peak learning rate (1e-4 and more made a pruned v1.7 worse, see training/README)")
+    ap.add_argument("--box-weight", type=float, default=2.0, help="weight of the box loss against the class loss")
     ap.add_argument("--gray-p", type=float, default=0.25, help="share of views turned grey")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -236,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     loader = torch.utils.data.DataLoader(views, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                                          drop_last=True, persistent_workers=a.workers > 0)
     cfg = {"name": a.out.name, "teacher": str(a.teacher), "student": str(a.student), "imgsz": a.imgsz,
-           "batch": a.batch, "lr": a.lr, "hours": a.hours, "steps": a.steps, "gray_p": a.gray_p, "seed": a.seed}
+           "batch": a.batch, "lr": a.lr, "box_weight": a.box_weight, "hours": a.hours, "steps": a.steps,
+           "gray_p": a.gray_p, "seed": a.seed}
     prepare_run(cfg, a.out, a.data / "data.yaml")
     train_args = {"imgsz": a.imgsz, "data": str(a.data / "data.yaml"), "task": "detect", "distilled_from":
                   str(a.teacher)}
@@ -254,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             (a.out / "distill.json").write_text(json.dumps({"config": cfg, "log": log}), encoding="utf-8")
             last_save[0] = time.monotonic()
 
-    distill(teacher, student, loader, lr=a.lr, hours=a.hours, steps=a.steps, on_step=on_step)
+    distill(teacher, student, loader, lr=a.lr, hours=a.hours, steps=a.steps, box_weight=a.box_weight,
+            on_step=on_step)
     info = {**cfg, "steps_done": len(log), "images_seen": len(log) * a.batch, "train_photos": len(views)}
     save_checkpoint(student, a.out / "weights" / "last.pt", train_args, info)
     save_checkpoint(student, a.out / "weights" / "best.pt", train_args, info)
