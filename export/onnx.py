@@ -476,11 +476,16 @@ def card_text(r: dict[str, Any]) -> str:
         dropped_line += (f"\n- **Switched off** although trained ({', '.join(f'`{c}`' for c in off)}): not fit to "
                          "report (see the notes); dropped by the runtime like the untrained outputs.")
     notes = f"\n## Notes\n{r['notes'].strip()}\n" if r.get("notes") else ""
+    d = r.get("distill")
+    trained_by = (f"`python -m training.distill` (run `{r['run']}`: {d.get('steps_done', '?')} steps of "
+                  f"{d.get('batch', '?')} views of {d.get('train_photos', '?')} train photos, teacher "
+                  f"`{d.get('teacher', '?')}`, start `{d.get('student', '?')}`)" if d else
+                  f"`python -m training.{r['task']}` (run `{r['run']}`, {r.get('epochs', '?')} epochs)")
     return f"""# {r['name']} ({'object detector' if r['task'] == 'detect' else 'image classifier'})
 
 - **Task**: `{r['task']}`, {len(r['classes'])} classes, input {r['imgsz']}x{r['imgsz']}
   ({'letterboxed, pad 114' if r['task'] == 'detect' else 'resize + centre crop'}, RGB, /255).
-- **Trained by**: `python -m training.{r['task']}` (run `{r['run']}`, {r.get('epochs', '?')} epochs);
+- **Trained by**: {trained_by};
   exported by `python -m export.onnx` (opset {OPSET}, onnxslim).{init}{dropped_line}
 - **Dataset**: manifest SHA-256 `{r.get('dataset_manifest_sha256') or 'n/a'}`;
   images per split {ds.get('images', 'n/a')}.
@@ -545,6 +550,9 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     results_csv = run.dir / "results.csv"
     if results_csv.is_file():
         result["epochs"] = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
+    distilled = run.dir / "distill.json"  # a training.distill run: no epochs, a teacher and a pruned start
+    if distilled.is_file():
+        result["distill"] = json.loads(distilled.read_text(encoding="utf-8")).get("summary", {})
     with tempfile.TemporaryDirectory() as td:
         fp32 = export_fp32(run, model, Path(td) / f"{name}.onnx", version)
         spec = ModelSpec(name=name, file=fp32.name, sha256="", task=run.task, classes=run.names,

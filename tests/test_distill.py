@@ -85,16 +85,21 @@ def test_cli_writes_a_run_export_can_read(tmp_path, monkeypatch):
 
     monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "cfg"))
     teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
-    torch.save({"model": _wide_model(), "ema": None, "train_args": {}}, teacher)
+    names = {0: "pistol", 1: "rifle", 2: "battery"}  # taxonomy labels, so that export.onnx takes the run
+    wide = _wide_model()
+    wide.names = names
+    torch.save({"model": wide, "ema": None, "train_args": {}}, teacher)
     from training.prune import prune
 
-    narrow, _ = prune(_wide_model(), _yaml(0.125), [_images(4)], refit=False)
+    narrow, _ = prune(wide, _yaml(0.125), [_images(4)], refit=False)
     torch.save({"model": narrow, "ema": None, "train_args": {}}, student)
     data = tmp_path / "ds"
     (data / "images" / "train").mkdir(parents=True)
-    (data / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\nnames: {0: a, 1: b, 2: c}\n")
+    (data / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/train\n"
+                                    "names: {0: pistol, 1: rifle, 2: battery}\n")
     for i, im in enumerate(_images(6, size=80)):
-        cv2.imwrite(str(data / "images" / "train" / f"{i}.jpg"), (im.numpy().transpose(1, 2, 0) * 255).astype(np.uint8))
+        pixels = (im.numpy().transpose(1, 2, 0) * 255).astype(np.uint8)
+        cv2.imwrite(str(data / "images" / "train" / f"{i}.jpg"), pixels)
     (data / "images" / "train" / "broken.jpg").write_bytes(b"not a jpeg")  # skipped, not a crash
     out = tmp_path / "run"
     with pytest.raises(SystemExit, match="no images folder"):
@@ -103,6 +108,14 @@ def test_cli_writes_a_run_export_can_read(tmp_path, monkeypatch):
     assert main(["--teacher", str(teacher), "--student", str(student), "--data", str(data), "--out", str(out),
                  "--steps", "3", "--batch", "2", "--imgsz", "64", "--workers", "0"]) == 0
     model = YOLO(str(out / "weights" / "best.pt"))
-    assert model.model.args["imgsz"] == 64 and model.names == {0: "a", 1: "b", 2: "c"}
+    assert model.model.args["imgsz"] == 64 and model.names == names
     assert sum(p.numel() for p in model.model.parameters()) == sum(p.numel() for p in narrow.parameters())
     assert (out / "run.json").is_file() and (out / "distill.json").is_file()
+    # the run folder exports like a training run, and its card says how the weights were made
+    from export.onnx import export_run
+
+    models = tmp_path / "models"
+    res = export_run(out, models_dir=models, name="det-distilled", data=data, n_parity=2)
+    assert res["parity"]["raw_score_diff"] < 1e-3
+    card = (models / "cards" / "det-distilled.md").read_text()
+    assert "python -m training.distill" in card and "3 steps of 2 views of 6 train photos" in card
