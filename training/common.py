@@ -47,6 +47,17 @@ def offline() -> None:
     offline_ultralytics()
 
 
+def load_checkpoint(path: Path, what: str = "checkpoint") -> tuple[Any, dict[str, Any]]:
+    """(float32 model, checkpoint dict) of an ultralytics checkpoint; the model is its EMA when there is one.
+    A missing file exits with ``<what>: <path> does not exist``."""
+    import torch
+
+    if not Path(path).is_file():
+        raise SystemExit(f"{what}: {path} does not exist")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return (ckpt.get("ema") or ckpt["model"]).float(), ckpt
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

@@ -123,16 +123,6 @@ def distill_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 
     return l_cls + box_weight * l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
 
 
-def load_detector(path: Path) -> Any:
-    """The float32 DetectionModel of an ultralytics checkpoint (its EMA when there is one)."""
-    import torch
-
-    if not Path(path).is_file():
-        raise SystemExit(f"{path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return (ckpt.get("ema") or ckpt["model"]).float()
-
-
 def _freeze_bn(model: Any) -> None:
     import torch
 
@@ -156,10 +146,11 @@ def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], info: di
     tmp.replace(path)  # a checkpoint is never left half written
 
 
-def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 2e-4, hours: float | None = None,
+def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours: float | None = None,
             steps: int | None = None, box_weight: float = 1.0, on_step: Any = None) -> list[dict[str, float]]:
     """Train ``student`` towards ``teacher`` on ``loader`` batches until ``hours`` or ``steps`` run out
-    (cosine learning rate over whichever is given); returns the per-step log."""
+    (cosine learning rate over whichever is given); returns the per-step log, which ``on_step(log)`` also
+    receives after every step."""
     import torch
 
     if (hours is None) == (steps is None):
@@ -195,7 +186,7 @@ def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 2e-4, hours:
             step += 1
             log.append({"step": step, "s": round(time.monotonic() - t0, 1), "lr": opt.param_groups[0]["lr"], **parts})
             if on_step:
-                on_step(step, log[-1])
+                on_step(log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from training.common import offline, prepare_run, seed_everything
+    from training.common import load_checkpoint, offline, prepare_run, seed_everything
     from wtivision.errors import DatasetError
     from wtivision.evaluate import split_images
 
@@ -236,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(exc)) from None
     if not images:
         raise SystemExit(f"no training image under {a.data}")
-    teacher, student = load_detector(a.teacher), load_detector(a.student)
+    teacher, student = load_checkpoint(a.teacher, "--teacher")[0], load_checkpoint(a.student, "--student")[0]
     views = PhotoViews(images, a.imgsz, a.seed, a.gray_p)
     loader = torch.utils.data.DataLoader(views, batch_size=a.batch, shuffle=True, num_workers=a.workers,
                                          drop_last=True, persistent_workers=a.workers > 0)
@@ -247,10 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     train_args = {"imgsz": a.imgsz, "data": str(a.data / "data.yaml"), "task": "detect", "distilled_from":
                   str(a.teacher)}
     last_save = [time.monotonic()]
-    log: list[dict[str, float]] = []
 
-    def on_step(step: int, row: dict[str, float]) -> None:
-        log.append(row)
+    def on_step(log: list[dict[str, float]]) -> None:
+        step, row = len(log), log[-1]
         if step % 20 == 0:
             recent = log[-20:]
             logger.info("step %d %.0f s lr %.2e cls %.4f box %.4f", step, row["s"], row["lr"],
@@ -260,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             (a.out / "distill.json").write_text(json.dumps({"config": cfg, "log": log}), encoding="utf-8")
             last_save[0] = time.monotonic()
 
-    distill(teacher, student, loader, lr=a.lr, hours=a.hours, steps=a.steps, box_weight=a.box_weight,
-            on_step=on_step)
+    log = distill(teacher, student, loader, lr=a.lr, hours=a.hours, steps=a.steps, box_weight=a.box_weight,
+                  on_step=on_step)
     info = {**cfg, "steps_done": len(log), "images_seen": len(log) * a.batch, "train_photos": len(views)}
     save_checkpoint(student, a.out / "weights" / "last.pt", train_args, info)
     save_checkpoint(student, a.out / "weights" / "best.pt", train_args, info)

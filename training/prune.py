@@ -413,17 +413,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from training.common import offline
+    from training.common import load_checkpoint, offline
 
     offline()
     train = a.data / "images" / "train"
     pool = sorted(p for p in train.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}) if train.is_dir() else []
     if not pool:
         raise SystemExit(f"no training image under {train}")
-    if not a.weights.is_file():
-        raise SystemExit(f"--weights: {a.weights} does not exist")
-    ckpt = torch.load(a.weights, map_location="cpu", weights_only=False)
-    src = (ckpt.get("ema") or ckpt["model"]).float()
+    src, ckpt = load_checkpoint(a.weights, "--weights")
     a.imgsz = a.imgsz or int((ckpt.get("train_args") or {}).get("imgsz") or 640)
     pick = np.random.default_rng(a.seed).choice(len(pool), size=min(a.images, len(pool)), replace=False)
     dst, report = prune(src, a.to, calibration_batches([pool[i] for i in sorted(pick)], a.imgsz),
