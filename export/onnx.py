@@ -363,11 +363,13 @@ def module_nodes(path: Path, first: int, last: int) -> list[str]:
 
 def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
                   method: str = "MinMax", fp32_modules: tuple[int, int] | None = None,
-                  fp32_head_outputs: bool = False) -> Path:
+                  fp32_head_outputs: bool = False,
+                  ranges: dict[str, tuple[float, float]] | None = None) -> Path:
     """Static QDQ int8 (per-channel weights, uint8 activations, calibration on ``calib`` images with
     ``method``: MinMax, Percentile or Entropy). ``fp32_modules`` (first, last): ultralytics modules kept in fp32
     besides the detection head's decode (mixed precision); ``fp32_head_outputs``: the head's output
-    convolutions too (``head_output_nodes``)."""
+    convolutions too (``head_output_nodes``); ``ranges``: tensor name -> (rmin, rmax) used instead of the
+    calibrated range of that activation (``training.int8_tune``)."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -396,9 +398,11 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
         exclude += module_nodes(pre, *fp32_modules)
     if fp32_head_outputs and isinstance(runner, YoloDetector):
         exclude += head_output_nodes(pre)
+    extra = {"TensorQuantOverrides": {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
+                                      for t, (lo, hi) in ranges.items()}} if ranges else None
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=CalibrationMethod[method])
+                    calibrate_method=CalibrationMethod[method], extra_options=extra)
     pre.unlink(missing_ok=True)
     return out
 

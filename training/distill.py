@@ -108,19 +108,27 @@ def head_outputs(model: Any, x: Any) -> tuple[Any, Any]:
 def distill_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 16,
                  box_weight: float = 1.0) -> tuple[Any, dict]:
     """Class BCE against the teacher's scores + ``box_weight`` x score-weighted KL of the box-side distributions."""
-    import torch
     import torch.nn.functional as F
 
     t_score = t_cls.sigmoid()
     norm = t_score.sum().clamp(min=1.0)
     l_cls = F.binary_cross_entropy_with_logits(s_cls, t_score, reduction="sum") / norm
+    l_box = box_kl(s_box, t_box, t_score, reg_max)
+    return l_cls + box_weight * l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
+
+
+def box_kl(s_box: Any, t_box: Any, t_score: Any, reg_max: int = 16) -> Any:
+    """KL divergence of the student's box-side distributions from the teacher's (softmax over ``reg_max`` bins,
+    four sides summed), averaged over anchors weighted by the teacher's highest class score there."""
+    import torch
+    import torch.nn.functional as F
+
     b, _, a = s_box.shape
     t_p = F.softmax(t_box.view(b, 4, reg_max, a), dim=2)
     s_logp = F.log_softmax(s_box.view(b, 4, reg_max, a), dim=2)
     kl = (t_p * (torch.log(t_p.clamp(min=1e-9)) - s_logp)).sum(dim=2).sum(dim=1)  # [B, A]
     w = t_score.max(dim=1).values  # [B, A]
-    l_box = (kl * w).sum() / w.sum().clamp(min=1e-6)
-    return l_cls + box_weight * l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
+    return (kl * w).sum() / w.sum().clamp(min=1e-6)
 
 
 def _freeze_bn(model: Any) -> None:
@@ -147,10 +155,12 @@ def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], info: di
 
 
 def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours: float | None = None,
-            steps: int | None = None, box_weight: float = 1.0, on_step: Any = None) -> list[dict[str, float]]:
+            steps: int | None = None, box_weight: float = 1.0, on_step: Any = None,
+            loss_fn: Any = distill_loss) -> list[dict[str, float]]:
     """Train ``student`` towards ``teacher`` on ``loader`` batches until ``hours`` or ``steps`` run out
     (cosine learning rate over whichever is given); returns the per-step log, which ``on_step(log)`` also
-    receives after every step."""
+    receives after every step. ``loss_fn(s_box, s_cls, t_box, t_cls, reg_max, box_weight)`` returns the loss
+    and its logged parts (default ``distill_loss``)."""
     import torch
 
     if (hours is None) == (steps is None):
@@ -179,7 +189,7 @@ def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours:
             with torch.no_grad():
                 t_box, t_cls = head_outputs(teacher, x)
             s_box, s_cls = head_outputs(student, x)
-            loss, parts = distill_loss(s_box, s_cls, t_box, t_cls, reg_max, box_weight)
+            loss, parts = loss_fn(s_box, s_cls, t_box, t_cls, reg_max, box_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

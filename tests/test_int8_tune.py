@@ -1,0 +1,155 @@
+"""training.int8_tune: the PyTorch simulation of onnxruntime's int8 rounding tracks the real quantised graph,
+finds every simulated tensor in it, leaves the model untouched when removed, and learned ranges bring the
+simulated int8 model closer to fp32 on photos it did not learn from."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ultralytics")
+pytest.importorskip("onnxruntime.quantization")
+
+from tests.test_prune import _images, _wide_model  # noqa: E402
+
+SIZE = 64
+
+
+def test_onnx_scope():
+    from training.int8_tune import onnx_scope
+
+    assert onnx_scope("/model.4/m.0/cv1/conv/Conv_output_0") == "model.4.m.0.cv1.conv"
+    assert onnx_scope("/model.22/cv3.2/cv3.2.2/Conv_output_0") == "model.22.cv3.2.2"
+    assert onnx_scope("/model.12/Concat_output_0") == "model.12"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random fused detector, its ONNX export (as the ultralytics exporter names nodes), a runtime runner
+    and its MinMax-quantised int8 twin."""
+    from ultralytics.nn.modules import Detect
+
+    from export.onnx import quantize_int8, stage
+    from wtivision.registry import ModelSpec
+
+    td = tmp_path_factory.mktemp("int8")
+    teacher = _wide_model().eval()
+    for m in teacher.modules():
+        if isinstance(m, Detect):  # class logits around -1 (scores near 0.27), as a trained model's candidates
+            for branch in m.cv3:
+                branch[-1].bias.data.fill_(-1.0)
+    model = copy.deepcopy(teacher).fuse()
+    export = copy.deepcopy(model).eval()
+    for m in export.modules():
+        if isinstance(m, Detect):
+            m.export, m.format = True, "onnx"
+    path = td / "tiny.onnx"
+    torch.onnx.export(export, torch.zeros(1, 3, SIZE, SIZE), str(path), opset_version=17, input_names=["images"],
+                      output_names=["output0"], dynamo=False)
+    spec = ModelSpec(name="tiny", file=path.name, sha256="", task="detect", classes=["a", "b", "c"],
+                     input_size=[SIZE, SIZE], preprocessing={"letterbox": True, "pad_value": 114})
+    runner = stage(spec, path, conf=0.01)
+    calib = [(x.numpy().transpose(1, 2, 0)[:, :, ::-1] * 255).astype(np.uint8) for x in _images(8, SIZE, seed=5)]
+    q = quantize_int8(path, runner, calib, td / "tiny-int8.onnx")
+    return {"teacher": teacher, "model": model, "path": path, "runner": runner, "calib": calib, "q": q, "dir": td}
+
+
+def _logits(session, x: np.ndarray) -> np.ndarray:
+    """Class logits from the graph's sigmoid scores (a random detector scores near 0, so compare logits)."""
+    p = np.concatenate([session.run(None, {"images": x[i:i + 1]})[0][:, 4:] for i in range(len(x))]).astype(float)
+    p = np.clip(p, 1e-12, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
+    import onnxruntime as ort
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from training.distill import head_outputs
+    from training.int8_tune import FakeQuant, calibration_batches, map_points, ort_ranges
+
+    model = tiny["model"]
+    x = torch.round(_images(6, SIZE, seed=40) * 255) / 255  # as photos: uint8 / 255, which int8 keeps exactly
+    with torch.no_grad():
+        before = [t.clone() for t in head_outputs(model.train(), x)]
+    sim = FakeQuant(model)
+    batches = calibration_batches(tiny["calib"], SIZE)
+    sim.calibrate(batches)
+    pre = tiny["dir"] / "pre.onnx"
+    quant_pre_process(str(tiny["path"]), str(pre), skip_symbolic_shape=True)
+    ranges = ort_ranges(pre, [b[i:i + 1].numpy() for b in batches for i in range(len(b))], tiny["dir"])
+    names = map_points(sim, ranges)
+    assert len(names) == len(sim.points) > 50 and len(set(names.values())) == len(names)
+    missing = dict(ranges)
+    del missing[names[sim.points[3].name]]
+    with pytest.raises(ValueError, match="not found in the ONNX graph"):
+        map_points(sim, missing)
+
+    sim.enabled = True
+    with torch.no_grad():
+        simulated = head_outputs(model.train(), x)[1].numpy()
+    fp32 = _logits(ort.InferenceSession(str(tiny["path"]), providers=["CPUExecutionProvider"]), x.numpy())
+    int8 = _logits(ort.InferenceSession(str(tiny["q"]), providers=["CPUExecutionProvider"]), x.numpy())
+    real_err, sim_err = (int8 - fp32).ravel(), (simulated - fp32).ravel()
+    assert np.abs(real_err).mean() > 1e-4  # int8 does change the logits of this model
+    # the simulation reproduces onnxruntime's int8 error, not just some noise of the same size
+    assert np.corrcoef(real_err, sim_err)[0, 1] > 0.6
+    assert np.abs(simulated - int8).mean() < 0.6 * np.abs(real_err).mean()
+
+    sim.remove()
+    with torch.no_grad():
+        after = head_outputs(model.train(), x)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not any(hasattr(m, "forward") and "forward" in m.__dict__ for m in model.modules()
+                   if isinstance(m, torch.nn.Conv2d))
+
+
+def test_learned_ranges_bring_int8_closer_to_fp32_on_unseen_images(tiny):
+    from training.distill import head_outputs
+    from training.int8_tune import FakeQuant, calibration_batches, logit_loss, tune_ranges
+
+    teacher, model = tiny["teacher"], copy.deepcopy(tiny["model"])
+    sim = FakeQuant(model)
+    sim.calibrate(calibration_batches(tiny["calib"], SIZE))
+    for p in sim.points:  # as on real photos, where rare extremes set MinMax ranges far wider than typical values
+        p.lo, p.hi = 16 * p.lo, 16 * p.hi
+    sim.enabled = True
+    held = _images(8, SIZE, seed=77)
+
+    def loss() -> float:
+        with torch.no_grad():
+            tb, tc = head_outputs(teacher.eval(), held)
+            sb, sc = head_outputs(model.train(), held)
+            return logit_loss(sb, sc, tb, tc)[0].item()
+
+    start = loss()
+    start_ranges = [p.range() for p in sim.points]
+    log, snaps = tune_ranges(teacher, model, sim, [_images(4, SIZE, seed=s) for s in range(100, 110)], steps=20,
+                             lr=0.05, every=10)
+    assert len(log) == 20 and all(np.isfinite(r["cls"]) for r in log)
+    assert [s for s, _ in snaps] == [10, 20] and snaps[-1][1] == {p.name: p.range() for p in sim.points}
+    assert loss() < 0.8 * start
+    assert [p.range() for p in sim.points] != start_ranges
+    assert all(lo <= 0 <= hi for lo, hi in (p.range() for p in sim.points))
+    # the weights are not touched: only ranges are learned
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), tiny["model"].state_dict().values(),
+                                                  strict=True))
+
+
+def test_twin_section_replaces_an_older_one():
+    from training.int8_tune import with_twin_section
+
+    rep = {"model": "d", "tensors": 3, "steps": 5, "batch": 2, "chosen_step": 5,
+           "int8": {"images": 10, "agreement": {"conf_0.25": 0.99, "fp32_detections_conf_0.25": 100, "conf_0.1": 0.98,
+                                                "fp32_detections_conf_0.1": 150},
+                    "latency_ms": 20.0, "fp32_latency_ms": 50.0, "latency_vs_fp32": 0.4, "also": {}}}
+    once = with_twin_section("# card\n\ntext\n", rep)
+    twice = with_twin_section(once, {**rep, "steps": 7, "chosen_step": 6})
+    assert once.count("## int8 twin") == twice.count("## int8 twin") == 1
+    assert "after 6 of 7 batches" in twice and "of 5 batches" not in twice and twice.startswith("# card\n\ntext")
+    assert "does not meet the agreement rule" in once
+    rep["int8"]["meets_rule"] = True
+    assert "It meets the agreement rule" in with_twin_section(once, rep)
