@@ -153,3 +153,20 @@ def test_twin_section_replaces_an_older_one():
     assert "does not meet the agreement rule" in once
     rep["int8"]["meets_rule"] = True
     assert "It meets the agreement rule" in with_twin_section(once, rep)
+
+
+def test_focus_weighs_scores_near_the_judged_thresholds():
+    import math
+
+    from training.int8_tune import logit_loss
+
+    t_cls = torch.tensor([[[math.log(0.1 / 0.9), 2.0]]])  # one anchor at conf 0.1, one at 0.88
+    box = torch.zeros(1, 64, 2)
+    near, far = t_cls.clone(), t_cls.clone()
+    near[0, 0, 0] += 0.3
+    far[0, 0, 1] += 0.3
+    def loss(s, **kw) -> float:
+        return logit_loss(box, s, box, t_cls, **kw)[0].item()
+
+    assert loss(near) == pytest.approx(loss(far))
+    assert loss(near, focus=9) > 5 * loss(far, focus=9)

@@ -203,18 +203,29 @@ def calibration_batches(images: list[np.ndarray], imgsz: int, batch: int = 8) ->
     return [torch.from_numpy(np.concatenate(xs[i:i + batch])) for i in range(0, len(xs), batch)]
 
 
+Ranges = dict[str, tuple[float, float]]  # point (or tensor) name -> (rmin, rmax)
+THRESHOLDS = (0.1, 0.25)  # the confidence thresholds at which export.onnx judges int8 agreement
+
+
 def logit_loss(s_box: Any, s_cls: Any, t_box: Any, t_cls: Any, reg_max: int = 16,
-               box_weight: float = 1.0, floor: float = 0.02) -> tuple[Any, dict]:
+               box_weight: float = 1.0, floor: float = 0.02, focus: float = 0.0) -> tuple[Any, dict]:
     """Mean squared difference of class logits where the teacher scores above ``floor`` (where int8 noise can
     move a detection across a threshold; the sea of near-zero background scores would drown it in a BCE), plus
-    ``box_weight`` x ``training.distill.box_kl``."""
+    ``box_weight`` x ``training.distill.box_kl``. ``focus`` > 0 weighs scores near the judged thresholds
+    (``THRESHOLDS``) up to ``1 + focus`` times (a Gaussian of width 0.35 in logit)."""
+    import math
+
     import torch
 
     from training.distill import box_kl
 
     t_score = t_cls.sigmoid()
     mask = t_score > floor
-    l_cls = ((s_cls - t_cls) ** 2)[mask].sum() / mask.sum().clamp(min=1)
+    w = torch.ones_like(t_cls)
+    if focus:
+        d = torch.stack([(t_cls - math.log(c / (1 - c))).abs() for c in THRESHOLDS]).min(dim=0).values
+        w = w + focus * torch.exp(-0.5 * (d / 0.35) ** 2)
+    l_cls = (w * (s_cls - t_cls) ** 2)[mask].sum() / w[mask].sum().clamp(min=1)
     l_box = box_kl(s_box, t_box, t_score, reg_max) if box_weight else torch.zeros(())
     return l_cls + box_weight * l_box, {"cls": float(l_cls.detach()), "box": float(l_box.detach())}
 
@@ -306,7 +317,7 @@ def map_points(sim: FakeQuant, ranges: dict[str, tuple[float, float]], rtol: flo
 
 def tune_ranges(teacher: Any, student: Any, sim: FakeQuant, loader: Any, steps: int, lr: float = 0.02,
                 check: list[Any] | None = None, every: int = 50, box_weight: float = 1.0,
-                ema: float = 0.95) -> tuple[list[dict[str, float]], list[tuple[int, dict[str, tuple[float, float]]]]]:
+                ema: float = 0.95, focus: float = 0.0) -> tuple[list[dict[str, float]], list[tuple[int, Ranges]]]:
     """Learn the activation ranges of ``sim`` (weights fixed) so that the int8-simulated ``student`` gives the
     fp32 ``teacher``'s raw head outputs (``logit_loss``) on ``loader`` batches: Adam at ``lr`` on the
     log-multipliers of each range, for ``steps`` batches.
@@ -341,7 +352,7 @@ def tune_ranges(teacher: Any, student: Any, sim: FakeQuant, loader: Any, steps: 
                 t_box, t_cls = head_outputs(teacher, x)
             student.train()
             s_box, s_cls = head_outputs(student, x)
-            loss, parts = logit_loss(s_box, s_cls, t_box, t_cls, box_weight=box_weight)
+            loss, parts = logit_loss(s_box, s_cls, t_box, t_cls, box_weight=box_weight, focus=focus)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -367,7 +378,7 @@ def tune_ranges(teacher: Any, student: Any, sim: FakeQuant, loader: Any, steps: 
 def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None = None, steps: int = 200,
               lr: float = 0.02, batch: int = 8, n_check: int = 200, also: list[Path] | tuple = (),
               install: bool = False, keep: bool = False, workers: int = 1, loader_seed: int = 0, every: int = 50,
-              n_val: int = 150) -> dict[str, Any]:
+              n_val: int = 150, focus: float = 0.0) -> dict[str, Any]:
     """Learn the activation ranges of the shipped fp32 detector ``model_name``'s int8 twin (``tune_ranges``),
     keep the snapshot (every ``every`` steps, or the MinMax start) that agrees best with fp32 on ``n_val`` val
     photos, quantise with it and measure it against the fp32 model (``export.onnx``'s agreement rule, on
@@ -423,7 +434,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         watch = calibration_batches(sample_images(val_dir, 32, seed=3, top_up=False), imgsz)
         gap0 = score_gap(student, sim, teacher, watch)
         start = {p.name: p.range() for p in sim.points}
-        log, snaps = tune_ranges(teacher, student, sim, loader, steps, lr, check=watch, every=every)
+        log, snaps = tune_ranges(teacher, student, sim, loader, steps, lr, check=watch, every=every, focus=focus)
 
         # choose among the MinMax start and the snapshots by agreement on val photos (never on test photos)
         qname = f"{spec.name}-int8"
@@ -457,7 +468,8 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
 
     report: dict[str, Any] = {
         "model": spec.name, "model_sha256": spec.sha256, "pytorch_weights": src, "data": str(data),
-        "steps": steps, "lr": lr, "batch": batch, "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
+        "steps": steps, "lr": lr, "batch": batch, "focus": focus,
+        "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
         "tensors": len(ranges), "chosen_step": best["step"],
         "candidates": [{k: v for k, v in c.items() if k != "ranges"} for c in candidates],
         "score_gap_val": {"before": round(gap0, 5), "after": round(log[-1].get("gap", float("nan")), 5)},
@@ -555,6 +567,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200, help="batches of learning (default 200)")
     ap.add_argument("--lr", type=float, default=0.02, help="Adam peak learning rate of the log-range multipliers")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--focus", type=float, default=0.0,
+                    help="weigh class scores near the judged thresholds (0.1, 0.25) up to 1+FOCUS times (default 0)")
     ap.add_argument("--every", type=int, default=50, help="steps between snapshots of the (averaged) ranges")
     ap.add_argument("--val-images", type=int, default=150,
                     help="val photos on which the snapshots (and the MinMax start) are compared (default 150)")
@@ -584,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         report = tune_twin(a.model, a.data, a.out, models_dir=a.models_dir, steps=a.steps, lr=a.lr, batch=a.batch,
                            n_check=a.check_images, also=a.also, install=a.install, keep=a.keep, workers=a.workers,
-                           loader_seed=a.seed, every=a.every, n_val=a.val_images)
+                           loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("int8 tuning FAILED: %s", exc)
         return 1
