@@ -361,6 +361,21 @@ def module_nodes(path: Path, first: int, last: int) -> list[str]:
             if (i := _module_index(n.name)) is not None and first <= i <= last]
 
 
+def calibration_reader(input_name: str, tensors: list[np.ndarray]) -> Any:
+    """An onnxruntime ``CalibrationDataReader`` feeding ``tensors`` one by one as ``input_name``."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(tensors)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            x = next(self.it, None)
+            return None if x is None else {input_name: x}
+
+    return Reader()
+
+
 def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
                   method: str = "MinMax", fp32_modules: tuple[int, int] | None = None,
                   fp32_head_outputs: bool = False,
@@ -371,7 +386,6 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
     convolutions too (``head_output_nodes``); ``ranges``: tensor name -> (rmin, rmax) used instead of the
     calibrated range of that activation (``training.int8_tune``)."""
     from onnxruntime.quantization import (
-        CalibrationDataReader,
         CalibrationMethod,
         QuantFormat,
         QuantType,
@@ -383,14 +397,6 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
     tensors = [runner.preprocess(im)[0] if isinstance(runner, YoloDetector) else runner.preprocess(im)
                for im in calib]
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(tensors)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {input_name: x}
-
     pre = out.with_suffix(".pre.onnx")
     quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     exclude = head_decode_nodes(pre) if isinstance(runner, YoloDetector) else []
@@ -400,9 +406,9 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
         exclude += head_output_nodes(pre)
     extra = {"TensorQuantOverrides": {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
                                       for t, (lo, hi) in ranges.items()}} if ranges else None
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                    calibrate_method=CalibrationMethod[method], extra_options=extra)
+    quantize_static(str(pre), str(out), calibration_reader(input_name, tensors), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude, calibrate_method=CalibrationMethod[method], extra_options=extra)
     pre.unlink(missing_ok=True)
     return out
 

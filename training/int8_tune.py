@@ -272,21 +272,14 @@ def ort_ranges(onnx_path: Path, tensors: list[np.ndarray], workdir: Path) -> dic
     """MinMax range of every tensor of ``onnx_path`` on the input ``tensors``, by onnxruntime's own calibrator
     (what ``quantize_static`` would use)."""
     import onnx
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from export.onnx import calibration_reader
 
     name = onnx.load(str(onnx_path)).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(tensors)
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            x = next(self.it, None)
-            return None if x is None else {name: x}
-
     cal = create_calibrator(str(onnx_path), augmented_model_path=str(workdir / "augmented.onnx"),
                             calibrate_method=CalibrationMethod.MinMax)
-    cal.collect_data(Reader())
+    cal.collect_data(calibration_reader(name, tensors))
     data = cal.compute_data().data
     (workdir / "augmented.onnx").unlink(missing_ok=True)
     return {k: (float(np.min(v.range_value[0])), float(np.max(v.range_value[1]))) for k, v in data.items()}
