@@ -523,11 +523,13 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
     verdict = ("It meets the agreement rule." if r.get("meets_rule") else
                "**It does not meet the agreement rule (>= 0.98 at both thresholds): it is not the default, only a "
                "faster option for those who accept that it misses some of the fp32 model's detections.**")
+    focus = f" --focus {report['focus']:g}" if report.get("focus") else ""
     lines = [
         f"{TWIN_HEADING} ({report['model']}-int8)", "",
         f"Static QDQ int8 (per-channel int8 weights, uint8 activations) of this model's ONNX graph, with this "
         f"model's weights unchanged. The ranges of its {report['tensors']} quantised activations were learned with "
-        f"`python -m training.int8_tune` (batches of {report['batch']} augmented training photos; the ranges after "
+        f"`python -m training.int8_tune{focus}` (batches of {report['batch']} augmented training photos; the "
+        f"ranges after "
         f"{report.get('chosen_step', report['steps'])} of {report['steps']} batches agreed best with fp32 on val "
         f"photos), so that the int8 model reproduces this fp32 model.", "",
         f"Agreement with this fp32 model on {r['images']} test photos (fp32 detections matched one to one, same "
