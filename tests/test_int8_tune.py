@@ -76,7 +76,7 @@ def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
     with torch.no_grad():
         before = [t.clone() for t in head_outputs(model.train(), x)]
     sim = FakeQuant(model)
-    batches = calibration_batches(tiny["calib"], SIZE)
+    batches = calibration_batches(tiny["calib"], tiny["runner"])
     sim.calibrate(batches)
     pre = tiny["dir"] / "pre.onnx"
     quant_pre_process(str(tiny["path"]), str(pre), skip_symbolic_shape=True)
@@ -113,7 +113,7 @@ def test_learned_ranges_bring_int8_closer_to_fp32_on_unseen_images(tiny):
 
     teacher, model = tiny["teacher"], copy.deepcopy(tiny["model"])
     sim = FakeQuant(model)
-    sim.calibrate(calibration_batches(tiny["calib"], SIZE))
+    sim.calibrate(calibration_batches(tiny["calib"], tiny["runner"]))
     for p in sim.points:  # as on real photos, where rare extremes set MinMax ranges far wider than typical values
         p.lo, p.hi = 16 * p.lo, 16 * p.hi
     sim.enabled = True

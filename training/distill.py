@@ -155,12 +155,10 @@ def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], info: di
 
 
 def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours: float | None = None,
-            steps: int | None = None, box_weight: float = 1.0, on_step: Any = None,
-            loss_fn: Any = distill_loss) -> list[dict[str, float]]:
+            steps: int | None = None, box_weight: float = 1.0, on_step: Any = None) -> list[dict[str, float]]:
     """Train ``student`` towards ``teacher`` on ``loader`` batches until ``hours`` or ``steps`` run out
     (cosine learning rate over whichever is given); returns the per-step log, which ``on_step(log)`` also
-    receives after every step. ``loss_fn(s_box, s_cls, t_box, t_cls, reg_max, box_weight)`` returns the loss
-    and its logged parts (default ``distill_loss``)."""
+    receives after every step."""
     import torch
 
     if (hours is None) == (steps is None):
@@ -189,7 +187,7 @@ def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours:
             with torch.no_grad():
                 t_box, t_cls = head_outputs(teacher, x)
             s_box, s_cls = head_outputs(student, x)
-            loss, parts = loss_fn(s_box, s_cls, t_box, t_cls, reg_max, box_weight)
+            loss, parts = distill_loss(s_box, s_cls, t_box, t_cls, reg_max, box_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

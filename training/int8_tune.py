@@ -48,9 +48,9 @@ class _Point:
     """One quantised activation tensor: MinMax observer and uint8 fake quantiser, optionally with learnable
     range (``lo * exp(u)``, ``hi * exp(v)``; rounding passes gradients straight through, as in LSQ)."""
 
-    def __init__(self, name: str, op: str) -> None:
+    def __init__(self, name: str, op: str, scope: str) -> None:
         self.name, self.op = name, op  # op: the ONNX operator whose output this is (Conv, Sigmoid, Mul, ...)
-        self.scope = ""  # the torch module the operator belongs to (its ONNX node's scope)
+        self.scope = scope  # the torch module the operator belongs to (its ONNX node's scope)
         self.lo, self.hi = 0.0, 0.0  # zero is always inside the range, as onnxruntime's compute_scale_zp
         self.on = True  # False: this tensor stays fp32 (mixed precision)
         self.u: Any = None  # learnable log-multipliers of lo and hi (FakeQuant.learn_ranges)
@@ -100,7 +100,8 @@ class _QSiLU:
                 s = self.sig(torch.sigmoid(x), sim)
                 return self.mul(x * s, sim)
 
-        self.sig, self.mul = _Point(f"{name}.sigmoid", "Sigmoid"), _Point(f"{name}.mul", "Mul")
+        self.sig = _Point(f"{name}.sigmoid", "Sigmoid", f"{name}.act")
+        self.mul = _Point(f"{name}.mul", "Mul", f"{name}.act")
         self.module = Mod()
 
 
@@ -136,7 +137,6 @@ class FakeQuant:
                 self._undo.append(lambda m=m: m.__dict__.pop("forward", None))
             if isinstance(m, Conv) and isinstance(m.act, torch.nn.SiLU):
                 q = _QSiLU(self, name)
-                q.sig.scope = q.mul.scope = f"{name}.act"
                 self.points += [q.sig, q.mul]
                 old = m.act
                 m.act = q.module
@@ -150,8 +150,7 @@ class FakeQuant:
                     lambda mod, inp, p=self._point(f"{name}.cat", "Concat", name): (p(inp[0], self),)))
 
     def _point(self, name: str, op: str, scope: str) -> _Point:
-        p = _Point(name, op)
-        p.scope = scope
+        p = _Point(name, op, scope)
         self.points.append(p)
         return p
 
@@ -190,16 +189,12 @@ class FakeQuant:
         self._undo.clear()
 
 
-def calibration_batches(images: list[np.ndarray], imgsz: int, batch: int = 8) -> list[Any]:
-    """The calibration photos preprocessed as the runtime (and so the quantiser's calibration) sees them."""
+def calibration_batches(images: list[np.ndarray], runner: Any, batch: int = 8) -> list[Any]:
+    """Torch batches of ``images`` preprocessed by the runtime ``runner`` (``YoloDetector.preprocess``), as
+    the quantiser's calibration and the shipped model see them."""
     import torch
 
-    from wtivision.ops import letterbox
-
-    xs = []
-    for im in images:  # as YoloDetector.preprocess
-        padded = letterbox(im, (imgsz, imgsz), color=114)[0]
-        xs.append(np.ascontiguousarray(padded[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)[None] / 255.0)
+    xs = [runner.preprocess(im)[0] for im in images]
     return [torch.from_numpy(np.concatenate(xs[i:i + batch])) for i in range(0, len(xs), batch)]
 
 
@@ -415,16 +410,17 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         teacher = load_checkpoint(reg.root / src, "pytorch_weights")[0].eval()
         student = copy.deepcopy(teacher).fuse()
         sim = FakeQuant(student)
-        sim.calibrate(calibration_batches(calib_imgs, imgsz))
+        calib = calibration_batches(calib_imgs, runner)
+        sim.calibrate(calib)
         pre = work / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        names = map_points(sim, ort_ranges(pre, [runner.preprocess(im)[0] for im in calib_imgs], work))
+        names = map_points(sim, ort_ranges(pre, [b[i:i + 1].numpy() for b in calib for i in range(len(b))], work))
         logger.info("%d quantised activations of %s simulated and found in its ONNX graph", len(names), spec.name)
 
         views = PhotoViews([p for p, _ in split_images(Path(data), "train")], imgsz, loader_seed)
         loader = torch.utils.data.DataLoader(views, batch_size=batch, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=workers > 0)
-        watch = calibration_batches(sample_images(val_dir, 32, seed=3, top_up=False), imgsz)
+        watch = calibration_batches(sample_images(val_dir, 32, seed=3, top_up=False), runner)
         gap0 = score_gap(student, sim, teacher, watch)
         start = {p.name: p.range() for p in sim.points}
         log, snaps = tune_ranges(teacher, student, sim, loader, steps, lr, check=watch, every=every, focus=focus)
@@ -437,16 +433,17 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         candidates = []
         for step, snap in [(0, start), *snaps]:
             ranges = {names[k]: r for k, r in snap.items()}
-            q = quantize_int8(fp32_path, runner, calib_imgs, work / f"{qname}.onnx", ranges=ranges)
+            (work / str(step)).mkdir()
+            q = quantize_int8(fp32_path, runner, calib_imgs, work / str(step) / qspec.file, ranges=ranges)
             agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val)["agreement"]
-            candidates.append({"step": step, "val_agreement": agree,
+            candidates.append({"step": step, "val_agreement": agree, "file": q,
                                "score": min(agree["conf_0.25"], agree["conf_0.1"]), "ranges": ranges})
             logger.info("ranges after %d steps: val agreement %s", step, agree)
         best = max(candidates, key=lambda c: (c["score"], c["step"]))
         ranges = best["ranges"]
         (out / "ranges.json").write_text(json.dumps({t: list(r) for t, r in ranges.items()}, indent=0),
                                          encoding="utf-8")
-        q = quantize_int8(fp32_path, runner, calib_imgs, work / f"{qname}.onnx", ranges=ranges)
+        q = best["file"]
         qrunner = stage(qspec, q)
         check = sample_images(test_dir, n_check, seed=2, top_up=False)
         rep: dict[str, Any] = {**int8_report(runner, qrunner, check), "images": len(check),
@@ -464,7 +461,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         "steps": steps, "lr": lr, "batch": batch, "focus": focus,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
         "tensors": len(ranges), "chosen_step": best["step"],
-        "candidates": [{k: v for k, v in c.items() if k != "ranges"} for c in candidates],
+        "candidates": [{k: v for k, v in c.items() if k not in ("ranges", "file")} for c in candidates],
         "score_gap_val": {"before": round(gap0, 5), "after": round(log[-1].get("gap", float("nan")), 5)},
         "int8": rep, "log": log}
     logger.info("int8 twin of %s: agreement %s, %.1f ms (fp32 %.1f ms)", spec.name, rep["agreement"],
