@@ -64,15 +64,40 @@ def _logits(session, x: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
+def _track(tiny, model, sim, q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Class logits of fp32 (onnxruntime), of the int8 graph ``q`` and of the simulation ``sim`` (calibrated
+    here as the export calibrates) on photo-like images."""
     import onnxruntime as ort
+
+    from training.distill import head_outputs
+    from training.int8_tune import calibration_batches
+
+    x = torch.round(_images(6, SIZE, seed=40) * 255) / 255  # as photos: uint8 / 255, which int8 keeps exactly
+    sim.calibrate(calibration_batches(tiny["calib"], tiny["runner"]))
+    sim.enabled = True
+    with torch.no_grad():
+        simulated = head_outputs(model.train(), x)[1].numpy()
+    fp32 = _logits(ort.InferenceSession(str(tiny["path"]), providers=["CPUExecutionProvider"]), x.numpy())
+    int8 = _logits(ort.InferenceSession(str(q), providers=["CPUExecutionProvider"]), x.numpy())
+    return fp32, int8, simulated
+
+
+def _assert_tracks(fp32: np.ndarray, int8: np.ndarray, simulated: np.ndarray) -> None:
+    real_err, sim_err = (int8 - fp32).ravel(), (simulated - fp32).ravel()
+    assert np.abs(real_err).mean() > 1e-4  # int8 does change the logits of this model
+    # the simulation reproduces onnxruntime's int8 error, not just some noise of the same size
+    assert np.corrcoef(real_err, sim_err)[0, 1] > 0.6
+    assert np.abs(simulated - int8).mean() < 0.6 * np.abs(real_err).mean()
+
+
+def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from training.distill import head_outputs
     from training.int8_tune import FakeQuant, calibration_batches, map_points, ort_ranges
 
     model = tiny["model"]
-    x = torch.round(_images(6, SIZE, seed=40) * 255) / 255  # as photos: uint8 / 255, which int8 keeps exactly
+    x = _images(6, SIZE, seed=41)
     with torch.no_grad():
         before = [t.clone() for t in head_outputs(model.train(), x)]
     sim = FakeQuant(model)
@@ -88,16 +113,7 @@ def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
     with pytest.raises(ValueError, match="not found in the ONNX graph"):
         map_points(sim, missing)
 
-    sim.enabled = True
-    with torch.no_grad():
-        simulated = head_outputs(model.train(), x)[1].numpy()
-    fp32 = _logits(ort.InferenceSession(str(tiny["path"]), providers=["CPUExecutionProvider"]), x.numpy())
-    int8 = _logits(ort.InferenceSession(str(tiny["q"]), providers=["CPUExecutionProvider"]), x.numpy())
-    real_err, sim_err = (int8 - fp32).ravel(), (simulated - fp32).ravel()
-    assert np.abs(real_err).mean() > 1e-4  # int8 does change the logits of this model
-    # the simulation reproduces onnxruntime's int8 error, not just some noise of the same size
-    assert np.corrcoef(real_err, sim_err)[0, 1] > 0.6
-    assert np.abs(simulated - int8).mean() < 0.6 * np.abs(real_err).mean()
+    _assert_tracks(*_track(tiny, model, sim, tiny["q"]))
 
     sim.remove()
     with torch.no_grad():
@@ -105,6 +121,27 @@ def test_simulation_tracks_onnxruntime_int8_and_maps_every_tensor(tiny):
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     assert not any(hasattr(m, "forward") and "forward" in m.__dict__ for m in model.modules()
                    if isinstance(m, torch.nn.Conv2d))
+
+
+def test_fp32_head_outputs_stay_fp32_in_the_simulation_as_in_the_twin(tiny):
+    from export.onnx import head_output_nodes, quantize_int8
+    from training.int8_tune import FakeQuant, head_output_convs, onnx_scope
+
+    model = copy.deepcopy(tiny["model"])
+    convs = head_output_convs(model)
+    # the same convolutions as the export keeps fp32 (3 scales x box and class branch)
+    assert len(convs) == 6 and sorted(convs) == sorted(onnx_scope(n + "_output_0")
+                                                       for n in head_output_nodes(tiny["path"]))
+    with pytest.raises(ValueError, match="not quantised convolutions"):
+        FakeQuant(copy.deepcopy(model), fp32=["model.0.nope"])
+    sim = FakeQuant(model, fp32=convs)
+    assert sorted(p.scope for p in sim.points if not p.on) == sorted(convs)
+    q = quantize_int8(tiny["path"], tiny["runner"], tiny["calib"], tiny["dir"] / "tiny-int8-head.onnx",
+                      fp32_head_outputs=True)
+    fp32, int8, simulated = _track(tiny, model, sim, q)
+    _assert_tracks(fp32, int8, simulated)
+    # logits no longer land on the 256 levels of one uint8 range: far more distinct values than 256 per scale
+    assert len(np.unique(np.round(simulated, 6))) > 1000
 
 
 def test_learned_ranges_bring_int8_closer_to_fp32_on_unseen_images(tiny):

@@ -109,9 +109,11 @@ class FakeQuant:
     """Attach int8 fake quantisation to a fused ultralytics YOLOv8 ``DetectionModel`` (in place).
 
     ``observing``: record activation ranges (run ``calibrate``); ``enabled``: round weights and activations.
-    ``remove()`` restores the model exactly (its own modules and forwards), e.g. before saving."""
+    ``fp32``: names of convolutions whose weights and outputs stay fp32 (mixed precision, e.g.
+    ``head_output_convs``; their output ranges are still observed). ``remove()`` restores the model exactly
+    (its own modules and forwards), e.g. before saving."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, fp32: tuple[str, ...] | list[str] = ()) -> None:
         import torch
         import torch.nn.functional as F
         from ultralytics.nn.modules import SPPF, Bottleneck, C2f, Concat, Conv, Detect
@@ -125,12 +127,16 @@ class FakeQuant:
         for m in model.modules():
             if isinstance(m, Detect) and getattr(m, "dfl", None) is not None:
                 skip.update(id(c) for c in m.dfl.modules())  # the decode stays fp32
+        convs = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in skip}
+        if set(fp32) - convs:
+            raise ValueError(f"not quantised convolutions of this model: {sorted(set(fp32) - convs)[:3]}")
         for name, m in model.named_modules():
-            if isinstance(m, torch.nn.Conv2d) and id(m) not in skip:
+            if name in convs:
                 p = self._point(f"{name}.out", "Conv", name)
+                p.on = name not in fp32
 
                 def fwd(x: Any, m: Any = m, p: _Point = p) -> Any:
-                    w = _quant_weight(m.weight) if self.enabled else m.weight
+                    w = _quant_weight(m.weight) if self.enabled and p.on else m.weight
                     return p(F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups), self)
 
                 m.forward = fwd
@@ -187,6 +193,17 @@ class FakeQuant:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
+
+
+def head_output_convs(model: Any) -> list[str]:
+    """Module names of the detection head's output convolutions (the plain ``nn.Conv2d`` ending each box and
+    class branch), the ones ``export.onnx.head_output_nodes`` keeps fp32 with ``fp32_head_outputs``."""
+    import torch
+    from ultralytics.nn.modules import Detect
+
+    names = {id(m): n for n, m in model.named_modules()}
+    return [names[id(b[-1])] for m in model.modules() if isinstance(m, Detect)
+            for b in (*m.cv2, *m.cv3) if isinstance(b[-1], torch.nn.Conv2d)]
 
 
 def calibration_batches(images: list[np.ndarray], runner: Any, batch: int = 8) -> list[Any]:
@@ -366,13 +383,15 @@ def tune_ranges(teacher: Any, student: Any, sim: FakeQuant, loader: Any, steps: 
 def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None = None, steps: int = 200,
               lr: float = 0.02, batch: int = 8, n_check: int = 200, also: list[Path] | tuple = (),
               install: bool = False, keep: bool = False, workers: int = 1, loader_seed: int = 0, every: int = 50,
-              n_val: int = 150, focus: float = 0.0) -> dict[str, Any]:
+              n_val: int = 150, focus: float = 0.0, fp32_head_outputs: bool = False) -> dict[str, Any]:
     """Learn the activation ranges of the shipped fp32 detector ``model_name``'s int8 twin (``tune_ranges``),
     keep the snapshot (every ``every`` steps, or the MinMax start) that agrees best with fp32 on ``n_val`` val
     photos, quantise with it and measure it against the fp32 model (``export.onnx``'s agreement rule, on
     ``n_check`` test photos of ``data``; ``also``: more folders, reported only); with ``install``, register it
-    if it meets the rule.
-    Writes ``out/<model>-int8.onnx``, ``out/ranges.json`` and ``out/int8_tune.json``; returns the report."""
+    if it meets the rule. ``fp32_head_outputs``: the head's output convolutions stay fp32, in the simulation
+    and in the twin (``export.onnx.quantize_int8``), so class logits are neither clipped nor rounded.
+    Writes ``out/<model>-int8.onnx``, ``out/ranges.json`` (the chosen ranges), ``out/snapshots.json`` (every
+    candidate's) and ``out/int8_tune.json``; returns the report."""
     import copy
     import shutil
     import tempfile
@@ -409,7 +428,8 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         calib_imgs = sample_images(train_dir, N_CALIB, seed=CALIB_SEED)
         teacher = load_checkpoint(reg.root / src, "pytorch_weights")[0].eval()
         student = copy.deepcopy(teacher).fuse()
-        sim = FakeQuant(student)
+        sim = FakeQuant(student, fp32=head_output_convs(student) if fp32_head_outputs else ())
+        quantised = {p.name for p in sim.points if p.on}
         calib = calibration_batches(calib_imgs, runner)
         sim.calibrate(calib)
         pre = work / "pre.onnx"
@@ -432,9 +452,10 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         val = sample_images(val_dir, n_val, seed=2, top_up=False)
         candidates = []
         for step, snap in [(0, start), *snaps]:
-            ranges = {names[k]: r for k, r in snap.items()}
+            ranges = {names[k]: r for k, r in snap.items() if k in quantised}
             (work / str(step)).mkdir()
-            q = quantize_int8(fp32_path, runner, calib_imgs, work / str(step) / qspec.file, ranges=ranges)
+            q = quantize_int8(fp32_path, runner, calib_imgs, work / str(step) / qspec.file, ranges=ranges,
+                              fp32_head_outputs=fp32_head_outputs)
             agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val)["agreement"]
             candidates.append({"step": step, "val_agreement": agree, "file": q,
                                "score": min(agree["conf_0.25"], agree["conf_0.1"]), "ranges": ranges})
@@ -443,6 +464,9 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         ranges = best["ranges"]
         (out / "ranges.json").write_text(json.dumps({t: list(r) for t, r in ranges.items()}, indent=0),
                                          encoding="utf-8")
+        # every candidate's ranges, so that a later look (more val photos) needs no new run
+        (out / "snapshots.json").write_text(json.dumps({str(c["step"]): {t: list(r) for t, r in c["ranges"].items()}
+                                                        for c in candidates}), encoding="utf-8")
         q = best["file"]
         qrunner = stage(qspec, q)
         check = sample_images(test_dir, n_check, seed=2, top_up=False)
@@ -458,7 +482,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
 
     report: dict[str, Any] = {
         "model": spec.name, "model_sha256": spec.sha256, "pytorch_weights": src, "data": str(data),
-        "steps": steps, "lr": lr, "batch": batch, "focus": focus,
+        "steps": steps, "lr": lr, "batch": batch, "focus": focus, "fp32_head_outputs": fp32_head_outputs,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
         "tensors": len(ranges), "chosen_step": best["step"],
         "candidates": [{k: v for k, v in c.items() if k not in ("ranges", "file")} for c in candidates],
@@ -498,7 +522,8 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
     qspec.extra = {k: v for k, v in spec.extra.items() if not k.startswith("pytorch_weights")}
     qspec.extra.update({"int8_of": spec.name, "int8_of_sha256": spec.sha256, "meets_agreement_rule":
                         rep["meets_rule"], "activation_ranges": f"learned by training.int8_tune "
-                                                               f"({report['chosen_step']} steps)"})
+                                                               f"({report['chosen_step']} steps)",
+                        "fp32_head_outputs": bool(report.get("fp32_head_outputs"))})
     if rep["meets_rule"] and spec.default and rep["latency_ms"] < rep["fp32_latency_ms"]:
         qspec.default, spec.default = True, False
         write_manifest_entry(reg.root, spec)
@@ -521,6 +546,10 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
                "**It does not meet the agreement rule (>= 0.98 at both thresholds): it is not the default, only a "
                "faster option for those who accept that it misses some of the fp32 model's detections.**")
     focus = f" --focus {report['focus']:g}" if report.get("focus") else ""
+    mixed = (" The head's output convolutions (box distributions and class logits) stay fp32."
+             if report.get("fp32_head_outputs") else "")
+    if mixed:
+        focus += " --fp32-head-outputs"
     lines = [
         f"{TWIN_HEADING} ({report['model']}-int8)", "",
         f"Static QDQ int8 (per-channel int8 weights, uint8 activations) of this model's ONNX graph, with this "
@@ -528,7 +557,7 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
         f"`python -m training.int8_tune{focus}` (batches of {report['batch']} augmented training photos; the "
         f"ranges after "
         f"{report.get('chosen_step', report['steps'])} of {report['steps']} batches agreed best with fp32 on val "
-        f"photos), so that the int8 model reproduces this fp32 model.", "",
+        f"photos), so that the int8 model reproduces this fp32 model.{mixed}", "",
         f"Agreement with this fp32 model on {r['images']} test photos (fp32 detections matched one to one, same "
         f"class, IoU >= 0.5): **{a['conf_0.25']}** of {a['fp32_detections_conf_0.25']} at conf 0.25, "
         f"**{a['conf_0.1']}** of {a['fp32_detections_conf_0.1']} at conf 0.1. {verdict}",
@@ -561,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--focus", type=float, default=0.0,
                     help="weigh class scores near the judged thresholds (0.1, 0.25) up to 1+FOCUS times (default 0)")
+    ap.add_argument("--fp32-head-outputs", action="store_true",
+                    help="keep the head's output convolutions (box distributions, class logits) fp32 in the "
+                         "simulation and the twin: no clipping or rounding of the scores, a few ms slower")
     ap.add_argument("--every", type=int, default=50, help="steps between snapshots of the (averaged) ranges")
     ap.add_argument("--val-images", type=int, default=150,
                     help="val photos on which the snapshots (and the MinMax start) are compared (default 150)")
@@ -590,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         report = tune_twin(a.model, a.data, a.out, models_dir=a.models_dir, steps=a.steps, lr=a.lr, batch=a.batch,
                            n_check=a.check_images, also=a.also, install=a.install, keep=a.keep, workers=a.workers,
-                           loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus)
+                           loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus,
+                           fp32_head_outputs=a.fp32_head_outputs)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("int8 tuning FAILED: %s", exc)
         return 1
