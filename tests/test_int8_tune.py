@@ -49,7 +49,7 @@ def tiny(tmp_path_factory):
     path = td / "tiny.onnx"
     torch.onnx.export(export, torch.zeros(1, 3, SIZE, SIZE), str(path), opset_version=17, input_names=["images"],
                       output_names=["output0"], dynamo=False)
-    spec = ModelSpec(name="tiny", file=path.name, sha256="", task="detect", classes=["a", "b", "c"],
+    spec = ModelSpec(name="tiny", file=path.name, sha256="", task="detect", classes=["pistol", "rifle", "battery"],
                      input_size=[SIZE, SIZE], preprocessing={"letterbox": True, "pad_value": 114})
     runner = stage(spec, path, conf=0.01)
     calib = [(x.numpy().transpose(1, 2, 0)[:, :, ::-1] * 255).astype(np.uint8) for x in _images(8, SIZE, seed=5)]
@@ -207,3 +207,53 @@ def test_focus_weighs_scores_near_the_judged_thresholds():
 
     assert loss(near) == pytest.approx(loss(far))
     assert loss(near, focus=9) > 5 * loss(far, focus=9)
+
+
+def test_the_snapshot_agreeing_best_on_val_is_kept_and_can_be_chosen_again(tiny, tmp_path):
+    import json
+
+    import cv2
+
+    from training.int8_tune import (
+        FakeQuant,
+        calibration_batches,
+        choose_and_measure,
+        map_points,
+        ort_ranges,
+        rechoose,
+    )
+    from wtivision.registry import Registry
+
+    data = tmp_path / "data"
+    for split, seed in (("val", 60), ("test", 61)):
+        (data / "images" / split).mkdir(parents=True)
+        for i, x in enumerate(_images(6, SIZE, seed=seed)):
+            cv2.imwrite(str(data / "images" / split / f"{i}.png"),
+                        (x.numpy().transpose(1, 2, 0)[:, :, ::-1] * 255).astype(np.uint8))
+    sim = FakeQuant(copy.deepcopy(tiny["model"]))
+    batches = calibration_batches(tiny["calib"], tiny["runner"])
+    sim.calibrate(batches)
+    names = map_points(sim, ort_ranges(tiny["path"], [b[i:i + 1].numpy() for b in batches for i in range(len(b))],
+                                       tmp_path))
+    good = {names[p.name]: p.range() for p in sim.points}
+    bad = {t: (64 * lo, 64 * hi) for t, (lo, hi) in good.items()}  # 64x too wide: a few levels for most values
+    spec = Registry(tiny["dir"]).get("tiny")
+    out, work = tmp_path / "run", tmp_path / "work"
+    out.mkdir()
+    work.mkdir()
+    # the good ranges come first: on a tie the later snapshot would win, so only a real difference keeps them
+    best, rep, cands = choose_and_measure(spec, tiny["path"], tiny["runner"], tiny["calib"], [(0, good), (10, bad)],
+                                          data, out, work, n_val=6, n_check=6)
+    assert [c["step"] for c in cands] == [0, 10] and cands[0]["score"] > cands[1]["score"]
+    assert best["step"] == 0 and rep["images"] == 6 and "meets_rule" in rep
+    assert json.loads((out / "ranges.json").read_text()) == {t: list(r) for t, r in good.items()}
+    assert set(json.loads((out / "snapshots.json").read_text())) == {"0", "10"}
+    assert (out / "tiny-int8.onnx").is_file()
+
+    (out / "int8_tune.json").write_text(json.dumps({
+        "model": "tiny", "model_sha256": spec.sha256, "data": str(data), "int8": rep, "chosen_step": 10,
+        "installed": {"name": "tiny-int8"}, "ship_check": ["stale"]}))
+    again = rechoose(out, 6, val_seed=5, models_dir=tiny["dir"])
+    assert again["chosen_step"] == 0 and again["val"] == {"images": 6, "seed": 5}
+    assert "installed" not in again and "ship_check" not in again
+    assert json.loads((out / "int8_tune.json").read_text())["chosen_step"] == 0

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 N_CALIB = 32  # as export.onnx --int8 (n_calib)
 CALIB_SEED = 1  # as export.onnx: sample_images(train, n_calib, seed=1)
+VAL_SEED = 2  # the val photos on which snapshots are compared: sample_images(val, n_val, seed=VAL_SEED)
 
 
 class _Point:
@@ -399,8 +400,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
     import torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.common import latency_ms
-    from export.onnx import int8_good_enough, int8_report, quantize_int8, sample_images, stage
+    from export.onnx import sample_images, stage
     from training.common import load_checkpoint
     from training.distill import PhotoViews
     from wtivision.evaluate import split_images
@@ -446,46 +446,18 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         log, snaps = tune_ranges(teacher, student, sim, loader, steps, lr, check=watch, every=every, focus=focus)
 
         # choose among the MinMax start and the snapshots by agreement on val photos (never on test photos)
-        qname = f"{spec.name}-int8"
-        qspec = ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
-                             "default": False})
-        val = sample_images(val_dir, n_val, seed=2, top_up=False)
-        candidates = []
-        for step, snap in [(0, start), *snaps]:
-            ranges = {names[k]: r for k, r in snap.items() if k in quantised}
-            (work / str(step)).mkdir()
-            q = quantize_int8(fp32_path, runner, calib_imgs, work / str(step) / qspec.file, ranges=ranges,
-                              fp32_head_outputs=fp32_head_outputs)
-            agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val)["agreement"]
-            candidates.append({"step": step, "val_agreement": agree, "file": q,
-                               "score": min(agree["conf_0.25"], agree["conf_0.1"]), "ranges": ranges})
-            logger.info("ranges after %d steps: val agreement %s", step, agree)
-        best = max(candidates, key=lambda c: (c["score"], c["step"]))
-        ranges = best["ranges"]
-        (out / "ranges.json").write_text(json.dumps({t: list(r) for t, r in ranges.items()}, indent=0),
-                                         encoding="utf-8")
-        # every candidate's ranges, so that a later look (more val photos) needs no new run
-        (out / "snapshots.json").write_text(json.dumps({str(c["step"]): {t: list(r) for t, r in c["ranges"].items()}
-                                                        for c in candidates}), encoding="utf-8")
-        q = best["file"]
-        qrunner = stage(qspec, q)
-        check = sample_images(test_dir, n_check, seed=2, top_up=False)
-        rep: dict[str, Any] = {**int8_report(runner, qrunner, check), "images": len(check),
-                               "fp32_latency_ms": latency_ms(runner.detect, check)}
-        rep["latency_vs_fp32"] = round(rep["latency_ms"] / rep["fp32_latency_ms"], 2)
-        rep["meets_rule"] = int8_good_enough(rep)
-        rep["also"] = {}
-        for folder in also:
-            imgs = sample_images(Path(folder), n_check, seed=2, top_up=False)
-            rep["also"][str(folder)] = {**int8_report(runner, qrunner, imgs)["agreement"], "images": len(imgs)}
-        shutil.copyfile(q, out / q.name)
+        snaps = [(step, {names[k]: r for k, r in snap.items() if k in quantised})
+                 for step, snap in [(0, start), *snaps]]
+        best, rep, candidates = choose_and_measure(spec, fp32_path, runner, calib_imgs, snaps, Path(data), out,
+                                                   work, n_val=n_val, n_check=n_check, also=also,
+                                                   fp32_head_outputs=fp32_head_outputs)
 
     report: dict[str, Any] = {
         "model": spec.name, "model_sha256": spec.sha256, "pytorch_weights": src, "data": str(data),
         "steps": steps, "lr": lr, "batch": batch, "focus": focus, "fp32_head_outputs": fp32_head_outputs,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
-        "tensors": len(ranges), "chosen_step": best["step"],
-        "candidates": [{k: v for k, v in c.items() if k not in ("ranges", "file")} for c in candidates],
+        "tensors": len(best["ranges"]), "chosen_step": best["step"], "val": {"images": n_val, "seed": VAL_SEED},
+        "candidates": candidates,
         "score_gap_val": {"before": round(gap0, 5), "after": round(log[-1].get("gap", float("nan")), 5)},
         "int8": rep, "log": log}
     logger.info("int8 twin of %s: agreement %s, %.1f ms (fp32 %.1f ms)", spec.name, rep["agreement"],
@@ -493,6 +465,95 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
     (out / "int8_tune.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if install or keep:
         install_twin(out, reg.root, keep=keep)
+    return report
+
+
+def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list[np.ndarray],
+                       snaps: list[tuple[int, dict[str, tuple[float, float]]]], data: Path, out: Path, work: Path, *,
+                       n_val: int, n_check: int, also: list[Path] | tuple = (), val_seed: int = VAL_SEED,
+                       fp32_head_outputs: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
+    """Quantise the fp32 model ``fp32_path`` with each snapshot's ranges (ONNX tensor -> range), keep the one
+    that agrees best with fp32 on ``n_val`` val photos of ``data`` (never test photos; ties: the later step) and
+    measure it against fp32 on ``n_check`` test photos (``also``: more folders, reported only).
+    Writes ``out/<model>-int8.onnx``, ``out/ranges.json`` (the chosen ranges) and ``out/snapshots.json`` (every
+    snapshot's). Returns the chosen candidate, the test report and every candidate's val agreement."""
+    import shutil
+
+    from export.common import latency_ms
+    from export.onnx import int8_good_enough, int8_report, quantize_int8, sample_images, stage
+    from wtivision.registry import ModelSpec
+
+    qname = f"{spec.name}-int8"
+    qspec = ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
+                         "default": False})
+    val = sample_images(data / "images" / "val", n_val, seed=val_seed, top_up=False)
+    candidates = []
+    for step, ranges in snaps:
+        (work / f"q{step}").mkdir()
+        q = quantize_int8(fp32_path, runner, calib_imgs, work / f"q{step}" / qspec.file, ranges=ranges,
+                          fp32_head_outputs=fp32_head_outputs)
+        agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val)["agreement"]
+        candidates.append({"step": step, "val_agreement": agree, "file": q, "ranges": ranges,
+                           "score": min(agree["conf_0.25"], agree["conf_0.1"])})
+        logger.info("ranges after %d steps: val agreement %s", step, agree)
+    best = max(candidates, key=lambda c: (c["score"], c["step"]))
+    (out / "ranges.json").write_text(json.dumps({t: list(r) for t, r in best["ranges"].items()}, indent=0),
+                                     encoding="utf-8")
+    # every snapshot's ranges, so that a later choice on more val photos (rechoose) needs no new run
+    (out / "snapshots.json").write_text(json.dumps({str(step): {t: list(r) for t, r in ranges.items()}
+                                                    for step, ranges in snaps}), encoding="utf-8")
+    qrunner = stage(qspec, best["file"])
+    check = sample_images(data / "images" / "test", n_check, seed=2, top_up=False)
+    rep: dict[str, Any] = {**int8_report(runner, qrunner, check), "images": len(check),
+                           "fp32_latency_ms": latency_ms(runner.detect, check)}
+    rep["latency_vs_fp32"] = round(rep["latency_ms"] / rep["fp32_latency_ms"], 2)
+    rep["meets_rule"] = int8_good_enough(rep)
+    rep["also"] = {}
+    for folder in also:
+        imgs = sample_images(Path(folder), n_check, seed=2, top_up=False)
+        rep["also"][str(folder)] = {**int8_report(runner, qrunner, imgs)["agreement"], "images": len(imgs)}
+    shutil.copyfile(best["file"], out / qspec.file)
+    return best, rep, [{k: v for k, v in c.items() if k not in ("ranges", "file")} for c in candidates]
+
+
+def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path | None = None) -> dict[str, Any]:
+    """Choose again among the snapshots of the finished ``tune_twin`` run in ``out`` (``snapshots.json``), on
+    ``n_val`` val photos drawn with ``val_seed`` (a single run's 150 val photos hold about 180 detections at conf
+    0.1, so one miss moves agreement by 0.006: more photos choose more surely), then measure the chosen twin on
+    the same test photos as the run. Rewrites the run's twin, ``ranges.json`` and ``int8_tune.json`` (whose
+    ``installed`` and ``ship_check`` entries, if any, are dropped: they described the earlier choice)."""
+    import shutil
+    import tempfile
+
+    from export.onnx import sample_images, stage
+    from wtivision.registry import ModelSpec, Registry
+
+    out = Path(out)
+    report = json.loads((out / "int8_tune.json").read_text(encoding="utf-8"))
+    snaps = [(int(k), {t: (float(r[0]), float(r[1])) for t, r in v.items()})
+             for k, v in json.loads((out / "snapshots.json").read_text(encoding="utf-8")).items()]
+    reg = Registry(models_dir) if models_dir else Registry()
+    spec = reg.get(report["model"])
+    if spec.sha256 != report["model_sha256"]:
+        raise ValueError(f"{spec.name} changed since the run (sha256 {spec.sha256} vs {report['model_sha256']})")
+    data = Path(report["data"])
+    with tempfile.TemporaryDirectory() as td:
+        work = Path(td)
+        fp32_path = work / spec.file
+        shutil.copyfile(reg.verify(spec), fp32_path)
+        runner = stage(ModelSpec(**spec.to_dict()), fp32_path)
+        calib_imgs = sample_images(data / "images" / "train", N_CALIB, seed=CALIB_SEED)
+        best, rep, candidates = choose_and_measure(
+            spec, fp32_path, runner, calib_imgs, snaps, data, out, work, n_val=n_val, val_seed=val_seed,
+            n_check=report["int8"]["images"], also=[Path(f) for f in report["int8"].get("also", {})],
+            fp32_head_outputs=bool(report.get("fp32_head_outputs")))
+    for stale in ("installed", "ship_check"):
+        report.pop(stale, None)
+    report.update({"chosen_step": best["step"], "candidates": candidates, "int8": rep,
+                   "val": {"images": n_val, "seed": val_seed}})
+    logger.info("int8 twin of %s chosen again (%d val photos): step %d, test agreement %s", spec.name, n_val,
+                best["step"], rep["agreement"])
+    (out / "int8_tune.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 
 
@@ -556,8 +617,9 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
         f"model's weights unchanged. The ranges of its {report['tensors']} quantised activations were learned with "
         f"`python -m training.int8_tune{focus}` (batches of {report['batch']} augmented training photos; the "
         f"ranges after "
-        f"{report.get('chosen_step', report['steps'])} of {report['steps']} batches agreed best with fp32 on val "
-        f"photos), so that the int8 model reproduces this fp32 model.{mixed}", "",
+        f"{report.get('chosen_step', report['steps'])} of {report['steps']} batches agreed best with fp32 on "
+        f"{report.get('val', {}).get('images', 150)} val photos), so that the int8 model reproduces this fp32 "
+        f"model.{mixed}", "",
         f"Agreement with this fp32 model on {r['images']} test photos (fp32 detections matched one to one, same "
         f"class, IoU >= 0.5): **{a['conf_0.25']}** of {a['fp32_detections_conf_0.25']} at conf 0.25, "
         f"**{a['conf_0.1']}** of {a['fp32_detections_conf_0.1']} at conf 0.1. {verdict}",
@@ -605,6 +667,10 @@ def main(argv: list[str] | None = None) -> int:
                          "it becomes the default if the fp32 model is the default and int8 is faster")
     ap.add_argument("--keep", action="store_true",
                     help="install it even below the rule, as a non-default option (its card says so)")
+    ap.add_argument("--val-seed", type=int, default=VAL_SEED, help="seed drawing the val photos (with --rechoose)")
+    ap.add_argument("--rechoose", action="store_true",
+                    help="do not tune: choose again among the snapshots of the finished run in --out on "
+                         "--val-images val photos (--val-seed), measure the chosen twin on test, rewrite the run")
     ap.add_argument("--install-only", action="store_true",
                     help="do not tune: install the twin of the finished run in --out (with --keep if below the rule)")
     ap.add_argument("--workers", type=int, default=1)
@@ -616,6 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     offline()
     seed_everything(a.seed)
     try:
+        if a.rechoose:
+            report = rechoose(a.out, a.val_images, a.val_seed, a.models_dir)
+            if a.install or a.keep:
+                report = install_twin(a.out, a.models_dir, keep=a.keep)
+            print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=2))
+            return 0
         if a.install_only:
             report = install_twin(a.out, a.models_dir, keep=a.keep)
             print(json.dumps(report["installed"]))
