@@ -641,25 +641,25 @@ def int8_good_enough(report: dict[str, Any], min_agreement: float = 0.98) -> boo
 
 
 def int8_report(fp32: YoloDetector | ImageClassifier, q: YoloDetector | ImageClassifier,
-                images: list[np.ndarray]) -> dict[str, Any]:
+                images: list[np.ndarray], fp32_raw: list[tuple[np.ndarray, float, Any]] | None = None
+                ) -> dict[str, Any]:
     """int8 vs fp32: detection agreement (fraction of fp32 detections matched at IoU 0.5 with the same class)
     at conf 0.25, 0.1 and at each image's 10th best fp32 score ("top10", so a weak model is compared too),
-    or top-1 agreement for a classifier; and int8 latency."""
+    or top-1 agreement for a classifier; and int8 latency. ``fp32_raw``: the fp32 detector's ``raw`` outputs
+    of ``images`` when already computed (several int8 candidates judged on the same images)."""
     if isinstance(fp32, YoloDetector) and isinstance(q, YoloDetector):
+        ref_raw = fp32_raw if fp32_raw is not None else [fp32.raw(im) for im in images]
+        q_raw = [q.raw(im) for im in images]
         agree: dict[str, Any] = {}
         for conf in (0.25, 0.1, "top10"):
             ref, other = [], []
-            for im in images:
-                if conf == "top10":
-                    scores = np.sort(fp32.raw(im)[0][0, 4:].max(axis=0))[::-1]
-                    fp32.conf_threshold = q.conf_threshold = float(scores[min(9, len(scores) - 1)]) * 0.999
-                else:
-                    fp32.conf_threshold = q.conf_threshold = float(conf)
-                ref.append(fp32.detect(im))
-                other.append(q.detect(im))
+            for im, f, i in zip(images, ref_raw, q_raw, strict=True):
+                c = float(conf) if conf != "top10" else \
+                    float(np.sort(f[0][0, 4:].max(axis=0))[::-1][min(9, f[0].shape[-1] - 1)]) * 0.999
+                ref.append(fp32.detections(*fp32.decode(*f, im.shape[:2], conf=c)))
+                other.append(q.detections(*q.decode(*i, im.shape[:2], conf=c)))
             agree[f"conf_{conf}"] = round(box_agreement(ref, other), 4)
             agree[f"fp32_detections_conf_{conf}"] = sum(len(d) for d in ref)
-        fp32.conf_threshold = q.conf_threshold = 0.25
         lat = latency_ms(q.detect, images)
     else:
         ref_labels = [fp32.classify(im).label for im in images]

@@ -257,3 +257,22 @@ def test_the_snapshot_agreeing_best_on_val_is_kept_and_can_be_chosen_again(tiny,
     assert again["chosen_step"] == 0 and again["val"] == {"images": 6, "seed": 5}
     assert "installed" not in again and "ship_check" not in again
     assert json.loads((out / "int8_tune.json").read_text())["chosen_step"] == 0
+
+
+def test_int8_report_reads_each_inference_at_every_threshold_as_detect_does(tiny):
+    from export.common import box_agreement
+    from export.onnx import int8_report, stage
+    from wtivision.registry import ModelSpec
+
+    f = tiny["runner"]
+    spec = ModelSpec(**{**f.spec.to_dict(), "name": "tiny-q", "file": tiny["q"].name, "precision": "int8"})
+    q = stage(spec, tiny["q"])
+    ims = [(x.numpy().transpose(1, 2, 0)[:, :, ::-1] * 255).astype(np.uint8) for x in _images(6, SIZE, seed=90)]
+    rep = int8_report(f, q, ims)["agreement"]
+    assert rep == int8_report(f, q, ims, fp32_raw=[f.raw(im) for im in ims])["agreement"]
+    for conf in (0.25, 0.1):
+        f.conf_threshold = q.conf_threshold = conf
+        ref, other = [f.detect(im) for im in ims], [q.detect(im) for im in ims]
+        assert rep[f"fp32_detections_conf_{conf}"] == sum(map(len, ref)) > 0
+        assert rep[f"conf_{conf}"] == round(box_agreement(ref, other), 4)
+    f.conf_threshold = 0.01

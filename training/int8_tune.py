@@ -487,12 +487,13 @@ def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list
     qspec = ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
                          "default": False})
     val = sample_images(data / "images" / "val", n_val, seed=val_seed, top_up=False)
+    val_raw = [runner.raw(im) for im in val]  # fp32 once for every candidate
     candidates = []
     for step, ranges in snaps:
         (work / f"q{step}").mkdir()
         q = quantize_int8(fp32_path, runner, calib_imgs, work / f"q{step}" / qspec.file, ranges=ranges,
                           fp32_head_outputs=fp32_head_outputs)
-        agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val)["agreement"]
+        agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val, fp32_raw=val_raw)["agreement"]
         candidates.append({"step": step, "val_agreement": agree, "file": q, "ranges": ranges,
                            "score": min(agree["conf_0.25"], agree["conf_0.1"])})
         logger.info("ranges after %d steps: val agreement %s", step, agree)

@@ -101,10 +101,18 @@ class YoloDetector(OnnxModel):
     def boxes(self, image_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One pass over the whole image: boxes (xyxy, image pixels), scores and class indices."""
         out, r, pad = self.raw(image_bgr)
+        return self.decode(out, r, pad, image_bgr.shape[:2])
+
+    def decode(self, out: np.ndarray, r: float, pad: tuple[float, float], hw: tuple[int, int],
+               conf: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Boxes (xyxy, pixels of an image of size ``hw``), scores and class indices from this model's raw
+        output for that image (``raw``), at ``conf`` (default ``conf_threshold``): one inference can be read
+        at several thresholds."""
         boxes, scores, cls = yolo_postprocess(
-            out, self.conf_threshold, self.iou_threshold, self.max_det, classes=self.class_filter
+            out, self.conf_threshold if conf is None else conf, self.iou_threshold, self.max_det,
+            classes=self.class_filter
         )
-        return scale_boxes(boxes, r, pad, image_bgr.shape[:2]), scores, cls
+        return scale_boxes(boxes, r, pad, hw), scores, cls
 
     def tiled_boxes(self, image_bgr: np.ndarray, zoom: float = 2.0, overlap: float = 0.2, merge_iou: float = 0.5,
                     max_side: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -145,7 +153,10 @@ class YoloDetector(OnnxModel):
 
     def detect(self, image_bgr: np.ndarray, tiles: bool = False) -> list[Detection]:
         """Detections in original pixels; ``tiles=True`` adds the tiled passes (``tiled_boxes``)."""
-        boxes, scores, cls = self.tiled_boxes(image_bgr) if tiles else self.boxes(image_bgr)
+        return self.detections(*(self.tiled_boxes(image_bgr) if tiles else self.boxes(image_bgr)))
+
+    def detections(self, boxes: np.ndarray, scores: np.ndarray, cls: np.ndarray) -> list[Detection]:
+        """``Detection`` records (named by this model) of boxes, scores and class indices."""
         names = self.spec.classes
         dets = []
         for b, s, c in zip(boxes, scores, cls):
