@@ -517,12 +517,14 @@ def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list
     return best, rep, [{k: v for k, v in c.items() if k not in ("ranges", "file")} for c in candidates]
 
 
-def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path | None = None) -> dict[str, Any]:
+def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path | None = None,
+             n_check: int | None = None) -> dict[str, Any]:
     """Choose again among the snapshots of the finished ``tune_twin`` run in ``out`` (``snapshots.json``), on
     ``n_val`` val photos drawn with ``val_seed`` (a single run's 150 val photos hold about 180 detections at conf
     0.1, so one miss moves agreement by 0.006: more photos choose more surely), then measure the chosen twin on
-    the same test photos as the run. Rewrites the run's twin, ``ranges.json`` and ``int8_tune.json`` (whose
-    ``installed`` and ``ship_check`` entries, if any, are dropped: they described the earlier choice)."""
+    the same test photos as the run (``n_check``: on that many instead). Rewrites the run's twin,
+    ``ranges.json`` and ``int8_tune.json`` (whose ``installed`` and ``ship_check`` entries, if any, are
+    dropped: they described the earlier choice)."""
     import shutil
     import tempfile
 
@@ -546,7 +548,7 @@ def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path |
         calib_imgs = sample_images(data / "images" / "train", N_CALIB, seed=CALIB_SEED)
         best, rep, candidates = choose_and_measure(
             spec, fp32_path, runner, calib_imgs, snaps, data, out, work, n_val=n_val, val_seed=val_seed,
-            n_check=report["int8"]["images"], also=[Path(f) for f in report["int8"].get("also", {})],
+            n_check=n_check or report["int8"]["images"], also=[Path(f) for f in report["int8"].get("also", {})],
             fp32_head_outputs=bool(report.get("fp32_head_outputs")))
     for stale in ("installed", "ship_check"):
         report.pop(stale, None)
@@ -659,8 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=50, help="steps between snapshots of the (averaged) ranges")
     ap.add_argument("--val-images", type=int, default=150,
                     help="val photos on which the snapshots (and the MinMax start) are compared (default 150)")
-    ap.add_argument("--check-images", type=int, default=200,
-                    help="test photos on which agreement with fp32 is measured (as export.onnx, default 200)")
+    ap.add_argument("--check-images", type=int, default=None,
+                    help="test photos on which agreement with fp32 is measured (default 200, as export.onnx; "
+                         "with --rechoose, as many as the run used)")
     ap.add_argument("--also", type=Path, action="append", default=[],
                     help="another folder of photos on which to report agreement (not part of the rule); repeatable")
     ap.add_argument("--install", action="store_true",
@@ -684,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(a.seed)
     try:
         if a.rechoose:
-            report = rechoose(a.out, a.val_images, a.val_seed, a.models_dir)
+            report = rechoose(a.out, a.val_images, a.val_seed, a.models_dir, n_check=a.check_images)
             if a.install or a.keep:
                 report = install_twin(a.out, a.models_dir, keep=a.keep)
             print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=2))
@@ -694,8 +697,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(report["installed"]))
             return 0
         report = tune_twin(a.model, a.data, a.out, models_dir=a.models_dir, steps=a.steps, lr=a.lr, batch=a.batch,
-                           n_check=a.check_images, also=a.also, install=a.install, keep=a.keep, workers=a.workers,
-                           loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus,
+                           n_check=a.check_images or 200, also=a.also, install=a.install, keep=a.keep,
+                           workers=a.workers, loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus,
                            fp32_head_outputs=a.fp32_head_outputs)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("int8 tuning FAILED: %s", exc)
