@@ -644,10 +644,11 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.int8_tune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="shipped fp32 detector (manifest name, e.g. detector-v1.7)")
+    ap.add_argument("--model", help="shipped fp32 detector (manifest name, e.g. detector-v1.7); not needed with "
+                                    "--rechoose or --install-only (the run names it)")
     ap.add_argument("--models-dir", type=Path, default=None, help="models folder (default: the repository's)")
-    ap.add_argument("--data", type=Path, required=True,
-                    help="the model's built dataset: train photos give the views and the calibration photos "
+    ap.add_argument("--data", type=Path,
+                    help="(to tune) the model's built dataset: train photos give the views and the calibration photos "
                          "(as export.onnx --int8), test photos the agreement check")
     ap.add_argument("--out", type=Path, required=True, help="run folder (int8 model, ranges.json, int8_tune.json)")
     ap.add_argument("--steps", type=int, default=200, help="batches of learning (default 200)")
@@ -680,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    if not (a.rechoose or a.install_only) and (a.model is None or a.data is None):
+        ap.error("--model and --data are needed to tune (not with --rechoose or --install-only)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from training.common import offline, seed_everything
 
