@@ -265,7 +265,6 @@ def score_gap(model: Any, sim: FakeQuant, teacher: Any, batches: list[Any], floo
     return float(d.mean()) if d.size else 0.0
 
 
-
 # -- onnxruntime side ---------------------------------------------------------------------------------
 def onnx_scope(tensor: str) -> str:
     """The torch module path of the node that writes an exporter-named tensor:
@@ -381,6 +380,42 @@ def tune_ranges(teacher: Any, student: Any, sim: FakeQuant, loader: Any, steps: 
     return log, snaps
 
 
+def twin_spec(spec: Any) -> Any:
+    """The manifest entry of ``spec``'s int8 twin, ``<name>-int8`` (not the default)."""
+    from wtivision.registry import ModelSpec
+
+    qname = f"{spec.name}-int8"
+    return ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
+                        "default": False})
+
+
+def staged_fp32(reg: Any, spec: Any, data: Path, work: Path) -> tuple[Path, Any, list[np.ndarray]]:
+    """``spec``'s verified fp32 file copied into ``work`` (``stage`` writes a manifest beside it: never in
+    models/), its runtime runner, and the export's calibration photos from ``data``'s train split."""
+    import shutil
+
+    from export.onnx import sample_images, stage
+    from wtivision.registry import ModelSpec
+
+    fp32_path = work / spec.file
+    shutil.copyfile(reg.verify(spec), fp32_path)
+    runner = stage(ModelSpec(**spec.to_dict()), fp32_path)
+    return fp32_path, runner, sample_images(Path(data) / "images" / "train", N_CALIB, seed=CALIB_SEED)
+
+
+def _finished_run(out: Path, models_dir: Path | None) -> tuple[dict[str, Any], Any, Any]:
+    """The report of the finished run in ``out``, the registry and the fp32 model's entry, which must be the
+    model the run tuned."""
+    from wtivision.registry import Registry
+
+    report = json.loads((Path(out) / "int8_tune.json").read_text(encoding="utf-8"))
+    reg = Registry(models_dir) if models_dir else Registry()
+    spec = reg.get(report["model"])
+    if spec.sha256 != report["model_sha256"]:
+        raise ValueError(f"{spec.name} changed since the run (sha256 {spec.sha256} vs {report['model_sha256']})")
+    return report, reg, spec
+
+
 def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None = None, steps: int = 200,
               lr: float = 0.02, batch: int = 8, n_check: int = 200, also: list[Path] | tuple = (),
               install: bool = False, keep: bool = False, workers: int = 1, loader_seed: int = 0, every: int = 50,
@@ -394,17 +429,16 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
     Writes ``out/<model>-int8.onnx``, ``out/ranges.json`` (the chosen ranges), ``out/snapshots.json`` (every
     candidate's) and ``out/int8_tune.json``; returns the report."""
     import copy
-    import shutil
     import tempfile
 
     import torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.onnx import sample_images, stage
+    from export.onnx import sample_images
     from training.common import load_checkpoint
     from training.distill import PhotoViews
     from wtivision.evaluate import split_images
-    from wtivision.registry import ModelSpec, Registry, sha256_file
+    from wtivision.registry import Registry, sha256_file
 
     reg = Registry(models_dir) if models_dir else Registry()
     spec = reg.get(model_name)
@@ -416,16 +450,12 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
                                 f"{reg.root}")
     if sha256_file(reg.root / src) != spec.extra.get("pytorch_weights_sha256"):
         raise ValueError(f"{reg.root / src} does not match the manifest's pytorch_weights_sha256")
-    train_dir, val_dir, test_dir = (Path(data) / "images" / s for s in ("train", "val", "test"))
     imgsz = int(spec.input_size[0])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        fp32_path = work / spec.file  # stage() writes a manifest beside the file: never in models/
-        shutil.copyfile(reg.verify(spec), fp32_path)
-        runner = stage(ModelSpec(**spec.to_dict()), fp32_path)
-        calib_imgs = sample_images(train_dir, N_CALIB, seed=CALIB_SEED)
+        fp32_path, runner, calib_imgs = staged_fp32(reg, spec, Path(data), work)
         teacher = load_checkpoint(reg.root / src, "pytorch_weights")[0].eval()
         student = copy.deepcopy(teacher).fuse()
         sim = FakeQuant(student, fp32=head_output_convs(student) if fp32_head_outputs else ())
@@ -440,7 +470,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         views = PhotoViews([p for p, _ in split_images(Path(data), "train")], imgsz, loader_seed)
         loader = torch.utils.data.DataLoader(views, batch_size=batch, shuffle=True, num_workers=workers,
                                              drop_last=True, persistent_workers=workers > 0)
-        watch = calibration_batches(sample_images(val_dir, 32, seed=3, top_up=False), runner)
+        watch = calibration_batches(sample_images(Path(data) / "images" / "val", 32, seed=3, top_up=False), runner)
         gap0 = score_gap(student, sim, teacher, watch)
         start = {p.name: p.range() for p in sim.points}
         log, snaps = tune_ranges(teacher, student, sim, loader, steps, lr, check=watch, every=every, focus=focus)
@@ -483,9 +513,7 @@ def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list
     from export.onnx import int8_good_enough, int8_report, quantize_int8, sample_images, stage
     from wtivision.registry import ModelSpec
 
-    qname = f"{spec.name}-int8"
-    qspec = ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
-                         "default": False})
+    qspec = twin_spec(spec)
     val = sample_images(data / "images" / "val", n_val, seed=val_seed, top_up=False)
     val_raw = [runner.raw(im) for im in val]  # fp32 once for every candidate
     candidates = []
@@ -525,27 +553,16 @@ def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path |
     the same test photos as the run (``n_check``: on that many instead). Rewrites the run's twin,
     ``ranges.json`` and ``int8_tune.json`` (whose ``installed`` and ``ship_check`` entries, if any, are
     dropped: they described the earlier choice)."""
-    import shutil
     import tempfile
 
-    from export.onnx import sample_images, stage
-    from wtivision.registry import ModelSpec, Registry
-
     out = Path(out)
-    report = json.loads((out / "int8_tune.json").read_text(encoding="utf-8"))
+    report, reg, spec = _finished_run(out, models_dir)
     snaps = [(int(k), {t: (float(r[0]), float(r[1])) for t, r in v.items()})
              for k, v in json.loads((out / "snapshots.json").read_text(encoding="utf-8")).items()]
-    reg = Registry(models_dir) if models_dir else Registry()
-    spec = reg.get(report["model"])
-    if spec.sha256 != report["model_sha256"]:
-        raise ValueError(f"{spec.name} changed since the run (sha256 {spec.sha256} vs {report['model_sha256']})")
     data = Path(report["data"])
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        fp32_path = work / spec.file
-        shutil.copyfile(reg.verify(spec), fp32_path)
-        runner = stage(ModelSpec(**spec.to_dict()), fp32_path)
-        calib_imgs = sample_images(data / "images" / "train", N_CALIB, seed=CALIB_SEED)
+        fp32_path, runner, calib_imgs = staged_fp32(reg, spec, data, work)
         best, rep, candidates = choose_and_measure(
             spec, fp32_path, runner, calib_imgs, snaps, data, out, work, n_val=n_val, val_seed=val_seed,
             n_check=n_check or report["int8"]["images"], also=[Path(f) for f in report["int8"].get("also", {})],
@@ -567,20 +584,14 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
     does not meet the rule). It becomes the default only if it meets the rule, its fp32 model is the default,
     and it is faster. The fp32 model's card gets an int8-twin section."""
     from export.common import install_model, write_manifest_entry
-    from wtivision.registry import ModelSpec, Registry
 
     out = Path(out)
-    report = json.loads((out / "int8_tune.json").read_text(encoding="utf-8"))
-    reg = Registry(models_dir) if models_dir else Registry()
-    spec = reg.get(report["model"])
-    if spec.sha256 != report["model_sha256"]:
-        raise ValueError(f"{spec.name} changed since the run (sha256 {spec.sha256} vs {report['model_sha256']})")
-    rep, qname = report["int8"], f"{spec.name}-int8"
+    report, reg, spec = _finished_run(out, models_dir)
+    rep, qspec = report["int8"], twin_spec(spec)
+    qname = qspec.name
     if not rep["meets_rule"] and not keep:
         raise ValueError(f"agreement {rep['agreement']} is below the 0.98 rule: {qname} not installed "
                          f"(--keep installs it as a non-default option; report: {out / 'int8_tune.json'})")
-    qspec = ModelSpec(**{**spec.to_dict(), "name": qname, "file": f"{qname}.onnx", "precision": "int8",
-                         "default": False})
     qspec.metrics = {"int8_agreement_with_fp32": rep["agreement"], "latency_ms": rep["latency_ms"],
                      "fp32_latency_ms": rep["fp32_latency_ms"]}
     qspec.extra = {k: v for k, v in spec.extra.items() if not k.startswith("pytorch_weights")}
