@@ -146,9 +146,11 @@ def _split_dir(run: Run, split: str) -> Path | None:
 
 
 # -- export -------------------------------------------------------------------------------------------
-def export_fp32(run: Run, model: Any, out: Path, version: str) -> Path:
-    """ultralytics ONNX export (static, opset 17, fp32), wtivision metadata, onnxslim; written to ``out``."""
-    src = Path(model.export(format="onnx", imgsz=run.imgsz, opset=OPSET, simplify=False, dynamic=False,
+def export_fp32(run: Run, model: Any, out: Path, version: str, dynamic: bool = False) -> Path:
+    """ultralytics ONNX export (opset 17, fp32), wtivision metadata, onnxslim; written to ``out``. ``dynamic``:
+    height and width of the input are free (the anchors are computed in the graph), so the runtime can feed a
+    photo letterboxed to the stride only (``preprocessing.rect_stride``) instead of the full square."""
+    src = Path(model.export(format="onnx", imgsz=run.imgsz, opset=OPSET, simplify=False, dynamic=dynamic,
                             half=False, nms=False, device="cpu", verbose=False))
     os.replace(src, out)
     add_onnx_metadata(out, {"wtivision_classes": json.dumps(run.names), "wtivision_input_size": str(run.imgsz),
@@ -267,7 +269,8 @@ def detect_parity(pt_model: Any, det: YoloDetector, images: list[np.ndarray]) ->
             ours = det.detect(im)
             for key, m in (("pytorch", pt_model), ("onnx", onnx_model)):
                 res = m.predict(im, imgsz=imgsz, conf=conf, iou=det.iou_threshold, max_det=det.max_det,
-                                rect=False, device="cpu", verbose=False, classes=det.class_filter)[0]
+                                rect=det.rect_stride is not None, device="cpu", verbose=False,
+                                classes=det.class_filter)[0]
                 try:
                     n, bd, sd = compare_detections(ours, res, det.spec.classes)
                 except ParityError as exc:
@@ -379,12 +382,14 @@ def calibration_reader(input_name: str, tensors: list[np.ndarray]) -> Any:
 def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: list[np.ndarray], out: Path,
                   method: str = "MinMax", fp32_modules: tuple[int, int] | None = None,
                   fp32_head_outputs: bool = False,
-                  ranges: dict[str, tuple[float, float]] | None = None) -> Path:
+                  ranges: dict[str, tuple[float, float]] | None = None,
+                  qparams: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
     """Static QDQ int8 (per-channel weights, uint8 activations, calibration on ``calib`` images with
     ``method``: MinMax, Percentile or Entropy). ``fp32_modules`` (first, last): ultralytics modules kept in fp32
     besides the detection head's decode (mixed precision); ``fp32_head_outputs``: the head's output
     convolutions too (``head_output_nodes``); ``ranges``: tensor name -> (rmin, rmax) used instead of the
-    calibrated range of that activation (``training.int8_tune``)."""
+    calibrated range of that activation (``training.int8_tune``); ``qparams``: tensor name -> (scale, zero point),
+    used as they are (``export.dynamic``: another model's exact quantisation of that activation)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -404,8 +409,10 @@ def quantize_int8(fp32: Path, runner: YoloDetector | ImageClassifier, calib: lis
         exclude += module_nodes(pre, *fp32_modules)
     if fp32_head_outputs and isinstance(runner, YoloDetector):
         exclude += head_output_nodes(pre)
-    extra = {"TensorQuantOverrides": {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-                                      for t, (lo, hi) in ranges.items()}} if ranges else None
+    overrides = {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in (ranges or {}).items()}
+    overrides.update({t: [{"scale": np.asarray(sc).reshape(()), "zero_point": np.asarray(zp).reshape(())}]
+                      for t, (sc, zp) in (qparams or {}).items()})
+    extra = {"TensorQuantOverrides": overrides} if overrides else None
     quantize_static(str(pre), str(out), calibration_reader(input_name, tensors), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     nodes_to_exclude=exclude, calibrate_method=CalibrationMethod[method], extra_options=extra)
@@ -530,7 +537,7 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
                default: bool = False, data: Path | None = None, n_parity: int = 8, version: str = "1",
                role: str | None = None, n_calib: int = 32, keep_pytorch: bool = False,
                notes: Path | None = None, n_int8_check: int = 200, keep_int8: bool = False,
-               switch_off: Sequence[str] = ()) -> dict[str, Any]:
+               switch_off: Sequence[str] = (), dynamic: bool = False) -> dict[str, Any]:
     """Export, check, quantise, document and register a run; return the figures (also in export.json).
 
     ``keep_pytorch`` copies the run's ``best.pt`` to ``<models-dir>/sources/<name>.pt`` (named in the manifest's
@@ -539,7 +546,9 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     ``int8``: also quantise and measure an int8 twin; it is installed only if it meets the agreement rule
     (``int8_good_enough``) or ``keep_int8`` is set, and becomes the default only if it also is faster.
     ``switch_off``: detector classes that had training boxes but are not fit to report (a test AP near zero, say
-    why in ``notes``): left out of ``extra.trained_classes``, so the runtime drops them like untrained outputs."""
+    why in ``notes``): left out of ``extra.trained_classes``, so the runtime drops them like untrained outputs.
+    ``dynamic`` (detectors): a dynamic input, run on stride-padded photos (``export_fp32``); the int8 twin is
+    quantised from that graph and is dynamic too."""
     offline_ultralytics()
     run, model = load_run(run_dir, data)
     unknown = sorted(set(switch_off) - set(run.names))
@@ -549,6 +558,8 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     role = role if role is not None else ("detector" if run.detect else "classifier")
     models_dir = Path(models_dir)
     pre = {"letterbox": True, "pad_value": 114} if run.detect else {"resize": "shorter side + centre crop"}
+    if dynamic and run.detect:
+        pre["rect_stride"] = int(model.model.stride.max())
     result: dict[str, Any] = {"name": name, "task": run.task, "imgsz": run.imgsz, "classes": run.names,
                               "run": run.dir.name, "dataset_manifest_sha256": run.manifest_sha256,
                               "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, onnxruntime"}
@@ -564,7 +575,7 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     if distilled.is_file():
         result["distill"] = json.loads(distilled.read_text(encoding="utf-8")).get("summary", {})
     with tempfile.TemporaryDirectory() as td:
-        fp32 = export_fp32(run, model, Path(td) / f"{name}.onnx", version)
+        fp32 = export_fp32(run, model, Path(td) / f"{name}.onnx", version, dynamic=dynamic and run.detect)
         spec = ModelSpec(name=name, file=fp32.name, sha256="", task=run.task, classes=run.names,
                          input_size=[run.imgsz, run.imgsz], preprocessing=pre, version=version,
                          licence="AGPL-3.0-or-later", card=f"cards/{name}.md", role=role, default=default,
@@ -689,12 +700,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="copy best.pt to <models-dir>/sources/<name>.pt for parity tests and benchmarks")
     ap.add_argument("--switch-off", default="", metavar="CLASS[,CLASS]",
                     help="trained detector classes the runtime must not report (test AP near zero; say why in --notes)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="detector with a dynamic input: photos are padded only to the stride (640 x 480 for a 4:3 "
+                         "photo at 640), not to the square")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         res = export_run(a.run_dir, a.models_dir, a.name, a.int8, a.default, a.data, a.parity_images, a.version,
                          a.role, keep_pytorch=a.keep_pytorch, notes=a.notes, n_int8_check=a.int8_check_images,
-                         keep_int8=a.keep_int8, switch_off=[c for c in a.switch_off.split(",") if c])
+                         keep_int8=a.keep_int8, switch_off=[c for c in a.switch_off.split(",") if c],
+                         dynamic=a.dynamic)
     except (ParityError, ValueError) as exc:
         logging.getLogger("export.onnx").error("export FAILED: %s", exc)
         return 1

@@ -21,6 +21,19 @@ def test_letterbox_odd_padding_split_like_ultralytics():
     assert (out[:8] == 114).all() and (out[8:23] == 0).all() and (out[23:] == 114).all()
 
 
+def test_letterbox_rect_pads_only_to_the_stride():
+    # 100x200 at 640: 320 x 640 of photo, already a multiple of 32: no padding at all (the square adds 320 rows)
+    out, r, (left, top) = letterbox(np.full((100, 200, 3), 7, np.uint8), (640, 640), stride=32)
+    assert out.shape == (320, 640, 3) and r == 3.2 and (left, top) == (0.0, 0.0) and (out == 7).all()
+    # 3000x4000 (4:3) at 640: 480 x 640; 1080x1920 (16:9): 360 -> 384 rows, 12 above and 12 below
+    assert letterbox(np.zeros((3000, 4000, 3), np.uint8), (640, 640), stride=32)[0].shape == (480, 640, 3)
+    out, r, (left, top) = letterbox(np.zeros((1080, 1920, 3), np.uint8), (640, 640), stride=32)
+    assert out.shape == (384, 640, 3) and top == 12.0 and (out[:12] == 114).all() and (out[372:] == 114).all()
+    # portrait, odd remainder like ultralytics: 21x10 -> 32x15 in a 32 box, stride 8: 15 -> 16 columns, 0 + 1
+    out, r, (left, top) = letterbox(np.zeros((21, 10, 3), np.uint8), (32, 32), stride=8)
+    assert out.shape == (32, 16, 3) and left == 0.0 and (out[:, 15] == 114).all()
+
+
 def test_nms_hand_case():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], float)
     scores = np.array([0.9, 0.8, 0.7, 0.95])

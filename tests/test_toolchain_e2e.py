@@ -6,6 +6,7 @@ as in ultralytics (PyTorch weights and ONNX) on the same images."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -103,6 +104,41 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     t_end = time.perf_counter()
     print(f"build+train {t_train - t0:.1f} s, export+detect {t_end - t_train:.1f} s")
     assert t_end - t0 < 240
+
+    # a dynamic input: exported so (`--dynamic`), or a shipped static model and its int8 twin re-exported
+    from export.dynamic import main as dynamic_main
+    from export.dynamic import quant_params
+
+    wide = cv2.imread(str(next((ds / "images" / "test").glob("*.jpg"))))[:, :80]  # 128 x 80: rect 96 x 64
+    dyn = tmp_path / "m-dyn"
+    assert export_main([str(run), "--dynamic", "--name", "e2e-dyn", "--models-dir", str(dyn)]) == 0
+    assert dynamic_main(["e2e-dyn", "--models-dir", str(dyn)]) == 1  # already dynamic: refused, nothing changed
+    static = tmp_path / "m-static"
+    assert export_main([str(run), "--int8", "--keep-int8", "--keep-pytorch", "--name", "e2e-s",
+                        "--models-dir", str(static)]) == 0
+    shutil.copytree(static, tmp_path / "m-before")  # the re-export replaces the files in place
+    before = Registry(tmp_path / "m-before")
+    assert dynamic_main(["e2e-s", "--models-dir", str(static)]) == 0
+    for models_dir, name in ((dyn, "e2e-dyn"), (static, "e2e-s"), (static, "e2e-s-int8")):
+        reg = Registry(models_dir)
+        spec = reg.get(name)
+        assert spec.preprocessing["rect_stride"] == 32 and spec.input_size == [96, 96]
+        dims = onnx.load(str(models_dir / spec.file)).graph.input[0].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in dims][2:] == ["height", "width"]
+        det = YoloDetector(spec, reg, conf_threshold=0.0)
+        assert det.preprocess(wide)[0].shape == (1, 3, 96, 64)  # padded to the stride, not to 96 x 96
+        assert det.detect(wide)
+        if models_dir == static:
+            assert spec.extra["static_export_sha256"] == before.get(name).sha256 != spec.sha256
+    # same weights: on a square photo the old static file's boxes, to float noise; the int8 twin is the same
+    # quantised model (its outputs may step one quantum where a value sits on a rounding edge)
+    square = cv2.resize(wide, (96, 96))
+    reg = Registry(static)
+    ref, det = (YoloDetector(r.get("e2e-s"), r, conf_threshold=0.0) for r in (before, reg))
+    a, b = ref.boxes(square), det.boxes(square)
+    assert len(a[0]) == len(b[0]) > 0 and np.allclose(a[0], b[0], atol=1e-2)
+    pa, pb = (quant_params(r.root / r.get("e2e-s-int8").file) for r in (before, reg))
+    assert pa.keys() == pb.keys() and len(pa) > 100 and all(np.array_equal(pa[k], pb[k]) for k in pa)
 
 
 @pytest.mark.slow

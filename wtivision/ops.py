@@ -16,8 +16,13 @@ def letterbox(
     new_shape: tuple[int, int] = (640, 640),
     color: int = 114,
     scaleup: bool = True,
+    stride: int | None = None,
 ) -> tuple[np.ndarray, float, tuple[float, float]]:
     """Resize keeping aspect ratio and pad to ``new_shape`` (h, w), centred.
+
+    With ``stride`` (models with a dynamic input), each side is padded only up to the next multiple of
+    ``stride`` instead of to ``new_shape``, as ultralytics' ``LetterBox(auto=True)`` does: a 4:3 photo at 640
+    becomes 640 x 480, not 640 x 640 (a quarter fewer pixels to run).
 
     Returns the padded image, the scale ``r`` applied and the padding (left, top).
     """
@@ -29,6 +34,8 @@ def letterbox(
     if not scaleup:
         r = min(r, 1.0)
     new_unpad_w, new_unpad_h = int(round(w * r)), int(round(h * r))
+    if stride:
+        nw, nh = new_unpad_w + (nw - new_unpad_w) % stride, new_unpad_h + (nh - new_unpad_h) % stride
     dw, dh = (nw - new_unpad_w) / 2, (nh - new_unpad_h) / 2
     if (w, h) != (new_unpad_w, new_unpad_h):
         image = cv2.resize(image, (new_unpad_w, new_unpad_h), interpolation=cv2.INTER_LINEAR)

@@ -80,6 +80,10 @@ class YoloDetector(OnnxModel):
         h, w = (spec.input_size + spec.input_size)[:2] if len(spec.input_size) == 1 else spec.input_size[:2]
         self.input_hw = (int(h), int(w))
         self.pad_value = int(spec.preprocessing.get("pad_value", 114))
+        #: ``preprocessing.rect_stride`` (a model exported with a dynamic input): photos are letterboxed to the
+        #: smallest multiple of the stride that holds them at ``input_size`` (640 x 480 for a 4:3 photo at 640)
+        #: instead of to the full square; ``None``: the square input.
+        self.rect_stride = int(spec.preprocessing.get("rect_stride") or 0) or None
         trained = spec.extra.get("trained_classes") if spec.extra else None
         unknown = sorted(set(trained or []) - set(spec.classes))
         if unknown:
@@ -89,7 +93,7 @@ class YoloDetector(OnnxModel):
         self.class_filter = None if not trained else [spec.classes.index(c) for c in trained]
 
     def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
-        padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value)
+        padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value, stride=self.rect_stride)
         x = padded[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
         x = np.ascontiguousarray(x, dtype=np.float32) / 255.0
         return x[None], r, pad
