@@ -62,6 +62,21 @@ def bench_detector(images, reg, repeat: int) -> dict:
         if s.name == spec.name:  # `--tiles`: the whole photo + crops at twice the scale (6 for a 4:3 photo)
             out[f"onnx_{s.precision}_{s.input_size[0]}_tiled"] = stats_ms(
                 time_calls(lambda im, d=det: d.detect(im, tiles=True), images, repeat=repeat))
+    if spec.preprocessing.get("rect_stride"):
+        # a dynamic input: the same file fed the full square (as a static export is), and at 640; "_4:3" rows
+        # time the 4:3 photos of the set only (camera photos), the others all photos
+        wide = [im for im in images if im.shape[1] * 3 == im.shape[0] * 4]
+        square = {k: v for k, v in spec.preprocessing.items() if k != "rect_stride"}
+        for key, variant in ((f"onnx_{spec.precision}_{spec.input_size[0]}", spec),
+                             (f"onnx_{spec.precision}_{spec.input_size[0]}_square",
+                              ModelSpec(**{**spec.to_dict(), "preprocessing": square})),
+                             (f"onnx_{spec.precision}_640_rect",
+                              ModelSpec(**{**spec.to_dict(), "input_size": [640, 640]}))):
+            det = YoloDetector(variant, reg, RuntimeOptions())
+            if variant is not spec:
+                out[key] = stats_ms(time_calls(det.detect, images, repeat=repeat))
+            if wide:
+                out[f"{key}_4:3"] = stats_ms(time_calls(det.detect, wide, repeat=repeat))
     pt = _detector_pt(reg)
     if pt is None:
         out["pytorch"] = "skipped: no PyTorch weights recorded for the detector (manifest extra.pytorch_weights)"

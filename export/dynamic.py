@@ -17,9 +17,12 @@ What it does, in order, and it stops before touching ``models/`` if a check fail
    point and quantised weight is the old twin's (``quant_params``). Its outputs on square inputs are then the
    old twin's up to onnxruntime's arithmetic order (the graphs around the quantised body differ): a value on a
    rounding edge can step one quantum (a tiny yolov8n: 1 random input in 4); the figures are reported;
-4. replaces both files, records ``rect_stride`` and the static file's SHA-256 (``extra.static_export_sha256``).
+4. with ``--data``, measures the new twin's agreement with the new fp32 model on ``--int8-check-images`` test
+   photos (the rule's figure must describe the pair that ships; the static pair's stays in the twin's metrics
+   as ``int8_agreement_with_fp32_static``);
+5. replaces both files, records ``rect_stride`` and the static file's SHA-256 (``extra.static_export_sha256``).
 
-Accuracy and latency figures in the manifest and card are not re-measured here: measure them with
+Accuracy and latency figures of the fp32 model are not re-measured here: measure them with
 ``wtivision evaluate`` and ``benchmarks.run`` (the rectangular input changes what the model sees).
 """
 
@@ -35,7 +38,16 @@ from typing import Any
 import numpy as np
 
 from export.common import MODELS_DIR, add_onnx_metadata, install_model, offline_ultralytics, slim_onnx
-from export.onnx import OPSET, ParityError, detect_parity, quantize_int8, sample_images, stage
+from export.onnx import (
+    OPSET,
+    ParityError,
+    detect_parity,
+    int8_report,
+    latency_ms,
+    quantize_int8,
+    sample_images,
+    stage,
+)
 from wtivision.registry import ModelSpec, Registry, sha256_file
 from wtivision.runtime import YoloDetector
 
@@ -93,7 +105,7 @@ def same_model(a: YoloDetector, b: YoloDetector, size: int, n: int = 4, atol: fl
 
 
 def reexport_dynamic(name: str, models_dir: Path = MODELS_DIR, data: Path | None = None,
-                     n_parity: int = 8) -> dict[str, Any]:
+                     n_parity: int = 8, n_int8_check: int = 200) -> dict[str, Any]:
     """See the module docstring. Returns the figures measured (also logged)."""
     offline_ultralytics()
     from ultralytics import YOLO
@@ -157,6 +169,15 @@ def reexport_dynamic(name: str, models_dir: Path = MODELS_DIR, data: Path | None
             res["int8_quant_params_equal"] = len(a)
             res["int8_square_inputs_max_raw_diff"] = same_model(old_q, q_new, size, atol=np.inf)
             res["int8_static_sha256"] = twin.sha256
+            check = sample_images(data / "images" / "test", n_int8_check, seed=2, top_up=False) if data else []
+            if check:
+                rep = int8_report(new, q_new, check)
+                res["int8"] = {**rep, "images": len(check)}
+                new_twin.metrics = {**twin.metrics, "int8_agreement_with_fp32": rep["agreement"],
+                                    "int8_agreement_images": len(check), "latency_ms": rep["latency_ms"],
+                                    "fp32_latency_ms": latency_ms(new.detect, check),
+                                    "int8_agreement_with_fp32_static": twin.metrics.get("int8_agreement_with_fp32")}
+                logger.info("dynamic twin on %d test photos: %s", len(check), rep)
         new_spec.metrics = {**spec.metrics, "parity": res["parity"]}
         install_model(f, new_spec, models_dir)
         res["sha256"] = new_spec.sha256
@@ -173,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path, default=MODELS_DIR)
     ap.add_argument("--data", type=Path, help="dataset folder: its test photos join the examples in the parity check")
     ap.add_argument("--parity-images", type=int, default=8)
+    ap.add_argument("--int8-check-images", type=int, default=200,
+                    help="test photos (with --data) on which the new int8 twin's agreement is measured")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        res = reexport_dynamic(a.name, a.models_dir, a.data, a.parity_images)
+        res = reexport_dynamic(a.name, a.models_dir, a.data, a.parity_images, a.int8_check_images)
     except (ParityError, ValueError) as exc:
         logging.getLogger("export.dynamic").error("re-export FAILED: %s", exc)
         return 1

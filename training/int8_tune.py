@@ -209,10 +209,10 @@ def head_output_convs(model: Any) -> list[str]:
 
 def calibration_batches(images: list[np.ndarray], runner: Any, batch: int = 8) -> list[Any]:
     """Torch batches of ``images`` preprocessed by the runtime ``runner`` (``YoloDetector.preprocess``), as
-    the quantiser's calibration and the shipped model see them."""
+    the quantiser's calibration and the shipped model see them (as the full square: one shape per batch)."""
     import torch
 
-    xs = [runner.preprocess(im)[0] for im in images]
+    xs = [runner.preprocess(im, square=True)[0] for im in images]
     return [torch.from_numpy(np.concatenate(xs[i:i + batch])) for i in range(0, len(xs), batch)]
 
 

@@ -92,8 +92,11 @@ class YoloDetector(OnnxModel):
         self.active_classes: list[str] = list(trained) if trained else list(spec.classes)
         self.class_filter = None if not trained else [spec.classes.index(c) for c in trained]
 
-    def preprocess(self, image_bgr: np.ndarray) -> tuple[np.ndarray, float, tuple[float, float]]:
-        padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value, stride=self.rect_stride)
+    def preprocess(self, image_bgr: np.ndarray, square: bool = False) -> tuple[np.ndarray, float, tuple[float, float]]:
+        """The input tensor (1 x 3 x H x W, RGB in [0, 1]), the scale and the padding (left, top). ``square``:
+        the full ``input_size`` square even for a dynamic-input model (tensors of one shape, to batch)."""
+        stride = None if square else self.rect_stride
+        padded, r, pad = letterbox(image_bgr, self.input_hw, color=self.pad_value, stride=stride)
         x = padded[:, :, ::-1].transpose(2, 0, 1)  # BGR HWC -> RGB CHW
         x = np.ascontiguousarray(x, dtype=np.float32) / 255.0
         return x[None], r, pad
