@@ -73,3 +73,24 @@ def test_invalid_elements_are_refused():
         TextReading(kind="poem", text="x", confidence=1.0, box=[0, 0, 1, 1])
     with pytest.raises(ValueError, match="unknown field"):
         ImageFindings.from_dict({"path": "a", "verdict": "guilty"})
+
+
+def test_typology_conflicts_flag_the_other_firearm_group_only():
+    from wtivision.review.report import CONFLICT, _card
+    from wtivision.taxonomy import typology_disagrees
+
+    assert typology_disagrees("pistol", "bolt_action_long_gun") and typology_disagrees("rifle", "revolver")
+    assert not typology_disagrees("pistol", "revolver")  # both handguns: `pistol` covers all of them
+    assert not typology_disagrees("rifle", "pump_action_long_gun")  # a shotgun is a long gun
+    assert not typology_disagrees("launcher", "revolver") and not typology_disagrees("pistol", "unknown")
+    f = ImageFindings(path="x.jpg", sha256="b" * 64, detections=[
+        Detection.of("pistol", 0.9, [0, 0, 10, 10]), Detection.of("rifle", 0.8, [20, 0, 90, 10])],
+        classifications=[
+            Classification(task="typology", label="bolt_action_long_gun", confidence=0.7, detection_index=0),
+            Classification(task="typology", label="semi_auto_hunting_long_gun", confidence=0.6, detection_index=1),
+            Classification(task="typology", label="revolver", confidence=0.5, detection_index=None),
+            Classification(task="typology", label="revolver", confidence=0.5, detection_index=7)])
+    assert f.typology_conflicts() == [0]  # whole-photo and dangling indices are never flagged
+    html = _card(f, b"")
+    assert html.count(CONFLICT) == 1 and html.index("<b>bolt_action_long_gun</b>") < html.index(CONFLICT) < html.index("<b>semi_auto_hunting_long_gun</b>")
+    assert ImageFindings.from_json(f.to_json()).to_json() == f.to_json()  # derived, not stored

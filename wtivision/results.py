@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar, Union
 
-from .taxonomy import FAMILIES, TEXT_KINDS, family_of
+from .taxonomy import FAMILIES, TEXT_KINDS, family_of, typology_disagrees
 
 SCHEMA_VERSION = "1.0"
 
@@ -238,3 +238,11 @@ class ImageFindings(_Element):
         for det in self.detections:
             out[det.family] += 1
         return out
+
+    def typology_conflicts(self) -> list[int]:
+        """Indices (in ``classifications``) of the typologies that imply the other firearm group than the
+        detection they were given to (``taxonomy.typology_disagrees``): derived, never stored."""
+        return [i for i, c in enumerate(self.classifications)
+                if c.task == "typology" and c.detection_index is not None
+                and 0 <= c.detection_index < len(self.detections)
+                and typology_disagrees(self.detections[c.detection_index].label, c.label)]

@@ -98,6 +98,24 @@ TYPOLOGY_TO_DETECTOR: dict[str, str] = {
 }
 
 
+#: Detector firearm labels by the group a glance can tell: a handgun or a long gun (the shipped detector's
+#: `pistol` covers all handguns and `rifle` all long guns).
+FIREARM_GROUPS: dict[str, str] = {
+    "pistol": "handgun", "revolver": "handgun",
+    "rifle": "long_gun", "shotgun": "long_gun", "submachine_gun": "long_gun", "machine_gun": "long_gun",
+}
+
+
+def typology_disagrees(detector_label: str, typology_label: str) -> bool:
+    """Whether a typology given to a detector's firearm box implies the other group (a long-gun typology on a
+    ``pistol`` box, a handgun typology on a ``rifle`` box): a person should look, as the typology classifier
+    is often wrong on crops of firearms in scenes (measured: models/cards/typology-basegun.md). False when
+    either label has no group (``launcher``, an unknown typology)."""
+    implied = TYPOLOGY_TO_DETECTOR.get(typology_label, "")
+    a, b = FIREARM_GROUPS.get(detector_label), FIREARM_GROUPS.get(implied)
+    return a is not None and b is not None and a != b
+
+
 def family_of(label: str) -> str:
     """Family of a detector label; raises KeyError with the known labels if unknown."""
     try:

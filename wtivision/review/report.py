@@ -41,6 +41,10 @@ def annotated_thumbnail(image: np.ndarray, f: ImageFindings, max_side: int = 480
     return enc.tobytes() if ok else b""
 
 
+#: Shown beside a typology that implies the other firearm group than its detection (``typology_conflicts``).
+CONFLICT = ' <span class="review">disagrees with the detector: look</span>'
+
+
 def _esc(x) -> str:
     return html.escape(str(x), quote=True)
 
@@ -55,8 +59,10 @@ def _card(f: ImageFindings, thumb: bytes) -> str:
            if thumb else '<div class="noimg">no preview</div>')
     rows = [f"<li><b>{_esc(d.family)}/{_esc(d.label)}</b> {d.confidence:.2f} "
             f"[{', '.join(f'{v:.0f}' for v in d.box)}]</li>" for d in f.detections]
+    conflicts = set(f.typology_conflicts())
     rows += [f"<li>{_esc(c.task)}{'' if c.detection_index is None else f' (object {c.detection_index})'}: "
-             f"<b>{_esc(c.label)}</b> {c.confidence:.2f}</li>" for c in f.classifications]
+             f"<b>{_esc(c.label)}</b> {c.confidence:.2f}{CONFLICT if i in conflicts else ''}</li>"
+             for i, c in enumerate(f.classifications)]
     for t in f.texts:
         hs = ""
         if t.headstamp:

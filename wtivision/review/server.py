@@ -22,7 +22,7 @@ from ..errors import ImageError, WtivisionError
 from ..media import load_image
 from . import ScanOutput
 from .corrections import RECORD_FIELDS, Corrections, Record
-from .report import CSS, annotated_thumbnail
+from .report import CONFLICT, CSS, annotated_thumbnail
 
 logger = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -93,7 +93,9 @@ apply();</script>""")
                                                   labels=", ".join(d.label for d in f.detections))
         machine = [f"<li>{E(d.family)}/{E(d.label)} {d.confidence:.2f} [{', '.join(f'{v:.0f}' for v in d.box)}]</li>"
                    for d in f.detections]
-        machine += [f"<li>{E(c.task)}: {E(c.label)} {c.confidence:.2f}</li>" for c in f.classifications]
+        conflicts = set(f.typology_conflicts())
+        machine += [f"<li>{E(c.task)}: {E(c.label)} {c.confidence:.2f}{CONFLICT if i in conflicts else ''}</li>"
+                    for i, c in enumerate(f.classifications)]
         machine += [f'<li class="machine-text">{E(t.kind)}: <code>{E(t.text)}</code> {t.confidence:.2f}'
                     f"{' (needs review)' if t.needs_review else ''}</li>" for t in f.texts]
         inputs = []
