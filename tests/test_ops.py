@@ -34,6 +34,13 @@ def test_letterbox_rect_pads_only_to_the_stride():
     assert out.shape == (32, 16, 3) and left == 0.0 and (out[:, 15] == 114).all()
 
 
+def test_letterbox_extreme_strips_keep_one_pixel():
+    for shape, stride, out_shape in (((3, 4000, 3), 32, (32, 416, 3)), ((4000, 3, 3), None, (416, 416, 3)),
+                                     ((5, 10000, 3), 32, (32, 416, 3))):
+        out, r, (left, top) = letterbox(np.full(shape, 9, np.uint8), (416, 416), stride=stride)
+        assert out.shape == out_shape and (out == 9).any()
+
+
 def test_nms_hand_case():
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], float)
     scores = np.array([0.9, 0.8, 0.7, 0.95])

@@ -33,7 +33,8 @@ def letterbox(
     r = min(nh / h, nw / w)
     if not scaleup:
         r = min(r, 1.0)
-    new_unpad_w, new_unpad_h = int(round(w * r)), int(round(h * r))
+    # at least one pixel: a strip of a photo (3 x 4000 px) would otherwise round to 0 rows and stop cv2.resize
+    new_unpad_w, new_unpad_h = max(1, int(round(w * r))), max(1, int(round(h * r)))
     if stride:
         nw, nh = new_unpad_w + (nw - new_unpad_w) % stride, new_unpad_h + (nh - new_unpad_h) % stride
     dw, dh = (nw - new_unpad_w) / 2, (nh - new_unpad_h) / 2
