@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -129,7 +130,9 @@ def reexport_dynamic(name: str, models_dir: Path = MODELS_DIR, data: Path | None
     res: dict[str, Any] = {"name": name, "static_sha256": spec.sha256, "input_size": size}
     with tempfile.TemporaryDirectory() as td:
         work = Path(td)
-        model = YOLO(str(pt_path))
+        local_pt = work / pt_path.name  # ultralytics writes the export beside the weights: never in models/
+        shutil.copyfile(pt_path, local_pt)
+        model = YOLO(str(local_pt))
         f = work / f"{name}.onnx"
         Path(model.export(format="onnx", imgsz=size, opset=OPSET, simplify=False, dynamic=True, half=False,
                           nms=False, device="cpu", verbose=False)).replace(f)
@@ -147,7 +150,7 @@ def reexport_dynamic(name: str, models_dir: Path = MODELS_DIR, data: Path | None
                   *(sample_images(data / "images" / "test", n_parity, seed=0, top_up=False) if data else [])]
         if not images:
             raise ValueError("no photos for the parity check (examples/ is empty and no --data)")
-        res["parity"] = detect_parity(YOLO(str(pt_path)), new, images)
+        res["parity"] = detect_parity(YOLO(str(local_pt)), new, images)
         logger.info("dynamic %s: same model on square inputs (%.2g), parity %s", name,
                     res["square_input_max_raw_diff"], res["parity"])
         new_twin = None
