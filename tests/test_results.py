@@ -92,5 +92,6 @@ def test_typology_conflicts_flag_the_other_firearm_group_only():
             Classification(task="typology", label="revolver", confidence=0.5, detection_index=7)])
     assert f.typology_conflicts() == [0]  # whole-photo and dangling indices are never flagged
     html = _card(f, b"")
-    assert html.count(CONFLICT) == 1 and html.index("<b>bolt_action_long_gun</b>") < html.index(CONFLICT) < html.index("<b>semi_auto_hunting_long_gun</b>")
+    assert html.count(CONFLICT) == 1
+    assert html.index("<b>bolt_action_long_gun") < html.index(CONFLICT) < html.index("<b>semi_auto_hunting_long_gun")
     assert ImageFindings.from_json(f.to_json()).to_json() == f.to_json()  # derived, not stored
