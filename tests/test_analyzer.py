@@ -201,3 +201,19 @@ def test_a_non_default_detector_can_be_chosen_by_name(tiny_models_dir, tmp_path)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [d["label"] for d in rows[0]["detections"]] == ["cartridge"]
     assert rows[0]["models"][0]["name"] == "other-detector"
+
+
+def test_manifest_that_does_not_fit_the_file_is_a_clear_model_error(tiny_models_dir):
+    from wtivision.errors import ModelError
+    from wtivision.registry import ModelSpec, Registry
+    from wtivision.runtime import YoloDetector
+
+    reg = Registry(tiny_models_dir)
+    spec = reg.get("tiny-detector")  # a fixed 64 x 64 input
+    image = np.zeros((30, 60, 3), np.uint8)
+    assert YoloDetector(spec, reg).preprocess(image)[0].shape == (1, 3, 64, 64)
+    for bad, why in (({"preprocessing": {**spec.preprocessing, "rect_stride": 32}}, "rect_stride"),
+                     ({"input_size": [96, 96]}, "input_size")):
+        det = YoloDetector(ModelSpec(**{**spec.to_dict(), **bad}), reg)
+        with pytest.raises(ModelError, match=why):
+            det.detect(image)

@@ -53,9 +53,14 @@ class OnnxModel:
     @property
     def session(self):
         if self._session is None:
-            self._session = create_session(str(self.path), self.options)
-            self.input_name = self._session.get_inputs()[0].name
+            session = create_session(str(self.path), self.options)
+            self.check_input(session.get_inputs()[0].shape)
+            self.input_name = session.get_inputs()[0].name
+            self._session = session
         return self._session
+
+    def check_input(self, shape: list) -> None:
+        """Raise ModelError if the file's input ``shape`` cannot take what the manifest entry will feed it."""
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         sess = self.session
@@ -91,6 +96,16 @@ class YoloDetector(OnnxModel):
         #: Classes the model had training boxes for; detections of the others (untrained outputs) are dropped.
         self.active_classes: list[str] = list(trained) if trained else list(spec.classes)
         self.class_filter = None if not trained else [spec.classes.index(c) for c in trained]
+
+    def check_input(self, shape: list) -> None:
+        fixed = [d if isinstance(d, int) else None for d in list(shape)[2:4]]
+        if self.rect_stride and None not in fixed:
+            raise ModelError(f"model {self.name!r}: its manifest entry asks for stride-padded photos "
+                             f"(preprocessing.rect_stride) but {self.path.name} has a fixed {fixed[0]} x {fixed[1]} "
+                             "input: re-export it with a dynamic input (python -m export.dynamic) or drop rect_stride")
+        if not self.rect_stride and None not in fixed and tuple(fixed) != self.input_hw:
+            raise ModelError(f"model {self.name!r}: {self.path.name} takes {fixed[0]} x {fixed[1]} but its manifest "
+                             f"entry says input_size {list(self.input_hw)}")
 
     def preprocess(self, image_bgr: np.ndarray, square: bool = False) -> tuple[np.ndarray, float, tuple[float, float]]:
         """The input tensor (1 x 3 x H x W, RGB in [0, 1]), the scale and the padding (left, top). ``square``:
