@@ -217,3 +217,21 @@ def test_manifest_that_does_not_fit_the_file_is_a_clear_model_error(tiny_models_
         det = YoloDetector(ModelSpec(**{**spec.to_dict(), **bad}), reg)
         with pytest.raises(ModelError, match=why):
             det.detect(image)
+
+
+def test_a_dynamic_input_detector_keys_results_with_how_it_is_fed(tiny_models_dir):
+    import json
+
+    base = Analyzer(models_dir=tiny_models_dir, ocr=False)
+    assert base.settings == {"ocr": False}
+    manifest = tiny_models_dir / "manifest.json"
+    data = json.loads(manifest.read_text())
+    ids = {base.model_set}
+    for stride, size in ((32, 64), (32, 96), (16, 64)):  # same file, fed three other ways
+        data["models"][0]["preprocessing"]["rect_stride"] = stride
+        data["models"][0]["input_size"] = [size, size]
+        manifest.write_text(json.dumps(data))
+        a = Analyzer(models_dir=tiny_models_dir, ocr=False)
+        assert a.settings == {"ocr": False, "detector_input": f"{size}x{size} letterbox, padded to stride {stride}"}
+        assert a.model_set not in ids and [m.sha256 for m in a.models] == [m.sha256 for m in base.models]
+        ids.add(a.model_set)

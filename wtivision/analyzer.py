@@ -148,6 +148,9 @@ class Analyzer:
             given = {"conf": float(conf_threshold), "iou": float(iou_threshold), "ocr": bool(ocr), "tiles": bool(tiles)}
             settings = {k: v for k, v in given.items() if v != DEFAULT_SETTINGS[k]}
         self.steps: list[Step] = list(steps)
+        feeds = [s.detector.feed for s in self.steps if isinstance(s, DetectStep) and s.detector.feed]
+        if feeds:  # a dynamic-input detector: how it is fed comes from the manifest, not the hashed file
+            settings["detector_input"] = "; ".join(feeds)
         self._model_refs = [ref for step in self.steps for ref in step.models()]
         #: Settings that differ from the defaults; with the model hashes they key stored scan results.
         self.settings = settings

@@ -97,6 +97,14 @@ class YoloDetector(OnnxModel):
         self.active_classes: list[str] = list(trained) if trained else list(spec.classes)
         self.class_filter = None if not trained else [spec.classes.index(c) for c in trained]
 
+    @property
+    def feed(self) -> str | None:
+        """How photos are fed to a dynamic-input model, which its file alone does not fix (part of what produced
+        a result: ``Analyzer`` keys stored results with it); None for a fixed-size file (its SHA-256 says all)."""
+        if not self.rect_stride:
+            return None
+        return f"{self.input_hw[0]}x{self.input_hw[1]} letterbox, padded to stride {self.rect_stride}"
+
     def check_input(self, shape: list) -> None:
         fixed = [d if isinstance(d, int) else None for d in list(shape)[2:4]]
         if self.rect_stride and None not in fixed:
