@@ -31,8 +31,9 @@ def write_photo(path: Path, w: int = 320, h: int = 240, seed: int = 0, fmt: str 
     return path
 
 
-def build_constant_detector(path: Path, raw: np.ndarray, size: int = 64) -> None:
-    """An ONNX graph: images (1,3,size,size) -> output0 = raw + 0 * mean(images)."""
+def build_constant_detector(path: Path, raw: np.ndarray, size: int = 64, dynamic: bool = False) -> None:
+    """An ONNX graph: images (1,3,size,size) -> output0 = raw + 0 * mean(images); ``dynamic``: images
+    (1,3,h,w) of any height and width."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -43,10 +44,11 @@ def build_constant_detector(path: Path, raw: np.ndarray, size: int = 64) -> None
         helper.make_node("Mul", ["m", "zero"], ["z"]),
         helper.make_node("Add", ["raw", "z"], ["output0"]),
     ]
+    shape: list[int | str] = [1, 3, "h", "w"] if dynamic else [1, 3, size, size]
     graph = helper.make_graph(
         nodes,
         "constant_detector",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(raw.shape))],
         initializer=[const, numpy_helper.from_array(np.zeros((), np.float32), "zero")],
     )

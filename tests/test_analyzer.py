@@ -222,8 +222,13 @@ def test_manifest_that_does_not_fit_the_file_is_a_clear_model_error(tiny_models_
 def test_a_dynamic_input_detector_keys_results_with_how_it_is_fed(tiny_models_dir):
     import json
 
+    from tests.conftest import TINY_RAW, build_constant_detector
+    from wtivision.registry import sha256_file
+    from wtivision.results import ImageFindings
+
     base = Analyzer(models_dir=tiny_models_dir, ocr=False)
     assert base.settings == {"ocr": False}
+    assert [m.feed for m in base.models] == [""]  # a fixed-size file: its hash says all
     manifest = tiny_models_dir / "manifest.json"
     data = json.loads(manifest.read_text())
     ids = {base.model_set}
@@ -232,6 +237,17 @@ def test_a_dynamic_input_detector_keys_results_with_how_it_is_fed(tiny_models_di
         data["models"][0]["input_size"] = [size, size]
         manifest.write_text(json.dumps(data))
         a = Analyzer(models_dir=tiny_models_dir, ocr=False)
-        assert a.settings == {"ocr": False, "detector_input": f"{size}x{size} letterbox, padded to stride {stride}"}
+        feed = f"{size}x{size} letterbox, padded to stride {stride}"
+        assert a.settings == {"ocr": False, "detector_input": feed}
+        assert [m.feed for m in a.models] == [feed]
         assert a.model_set not in ids and [m.sha256 for m in a.models] == [m.sha256 for m in base.models]
         ids.add(a.model_set)
+    # a file with a dynamic input, fed stride-padded photos: every record names the feed next to the file's hash
+    build_constant_detector(tiny_models_dir / "dyn.onnx", TINY_RAW, dynamic=True)
+    data["models"][0].update(file="dyn.onnx", sha256=sha256_file(tiny_models_dir / "dyn.onnx"), input_size=[64, 64])
+    data["models"][0]["preprocessing"]["rect_stride"] = 32
+    manifest.write_text(json.dumps(data))
+    f = Analyzer(models_dir=tiny_models_dir, ocr=False).analyze(np.zeros((30, 60, 3), np.uint8))
+    assert f.ok and f.detections, f.error
+    assert [(m.name, m.feed) for m in f.models] == [("tiny-detector", "64x64 letterbox, padded to stride 32")]
+    assert ImageFindings.from_json(f.to_json()).models == f.models

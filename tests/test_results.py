@@ -3,6 +3,7 @@ import json
 import pytest
 
 from wtivision.results import (
+    SCHEMA_VERSION,
     CaptureMetadata,
     Classification,
     Detection,
@@ -62,6 +63,31 @@ def test_schema_accepts_real_findings_and_rejects_bad_ones():
     bad["detections"][0]["family"] = "knife"
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_model_feed_round_trips_and_old_records_without_it_still_load():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = results_schema()
+    f = full_findings()
+    f.models = [ModelRef(name="det", sha256="b" * 64, task="detect", version="1", file="det.onnx",
+                         feed="416x416 letterbox, padded to stride 32")]
+    data = json.loads(f.to_json())
+    assert data["models"][0]["feed"] == "416x416 letterbox, padded to stride 32"
+    assert data["schema_version"] == SCHEMA_VERSION == "1.1"
+    jsonschema.validate(data, schema)
+    assert ImageFindings.from_json(f.to_json()) == f
+    # a record written by schema 1.0: no "feed" in its models
+    old = json.loads(full_findings().to_json())
+    old["schema_version"] = "1.0"
+    for m in old["models"]:
+        del m["feed"]
+    jsonschema.validate(old, schema)
+    back = ImageFindings.from_dict(old)
+    assert back.models[0].feed == "" and back.schema_version == "1.0"
+    assert ModelRef.from_dict({"name": "d", "sha256": "b" * 64, "task": "detect"}).feed == ""
+    unknown = {**old, "schema_version": "2.0"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(unknown, schema)
 
 
 def test_invalid_elements_are_refused():

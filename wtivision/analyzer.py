@@ -65,7 +65,7 @@ class DetectStep:
         self.tiles = tiles
 
     def models(self) -> list[ModelRef]:
-        return [self.detector.spec.ref()]
+        return [self.detector.spec.ref(feed=self.detector.feed or "")]
 
     def __call__(self, image: np.ndarray, findings: ImageFindings) -> None:
         findings.detections.extend(self.detector.detect(image, tiles=self.tiles))

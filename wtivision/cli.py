@@ -123,7 +123,8 @@ def format_findings(f) -> str:
             )
     if not (f.detections or f.classifications or f.texts):
         lines.append("  nothing found")
-    lines.append("  models: " + ", ".join(f"{m.name} ({m.sha256[:12]})" for m in f.models))
+    lines.append("  models: " + ", ".join(f"{m.name} ({m.sha256[:12]}{'; ' + m.feed if m.feed else ''})"
+                                          for m in f.models))
     return "\n".join(lines)
 
 

@@ -81,8 +81,10 @@ class ModelSpec:
 
         return asdict(self)
 
-    def ref(self) -> ModelRef:
-        return ModelRef(name=self.name, sha256=self.sha256, task=self.task, version=self.version, file=self.file)
+    def ref(self, feed: str = "") -> ModelRef:
+        """``feed``: how the model is fed when its file does not fix it (see ``ModelRef.feed``)."""
+        return ModelRef(name=self.name, sha256=self.sha256, task=self.task, version=self.version, file=self.file,
+                        feed=feed)
 
 
 class Registry:

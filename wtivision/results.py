@@ -20,7 +20,9 @@ from typing import Any, ClassVar, TypeVar, Union
 
 from .taxonomy import FAMILIES, TEXT_KINDS, family_of, typology_disagrees
 
-SCHEMA_VERSION = "1.0"
+#: ``major.minor``: the minor number grows when fields are added (1.1: ``ModelRef.feed``), the major one when a
+#: field changes meaning or goes. Records of an older minor version still load (added fields take defaults).
+SCHEMA_VERSION = "1.1"
 
 T = TypeVar("T", bound="_Element")
 
@@ -97,13 +99,19 @@ def _check_box(box: list[float]) -> list[float]:
 
 @dataclass
 class ModelRef(_Element):
-    """Which model produced a result: name, version, task and SHA-256 of the file."""
+    """Which model produced a result: name, version, task and SHA-256 of the file.
+
+    ``feed``: how the model was fed when its file does not fix it, e.g. a dynamic-input detector's input size and
+    stride padding (``YoloDetector.feed``, from the manifest entry); empty for fixed-size models (and in records
+    written before schema 1.1).
+    """
 
     name: str
     sha256: str
     task: str
     version: str = ""
     file: str = ""
+    feed: str = ""
 
 
 @dataclass

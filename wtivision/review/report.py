@@ -80,7 +80,8 @@ def _card(f: ImageFindings, thumb: bytes) -> str:
         gps = f", GPS {cap.gps_latitude}, {cap.gps_longitude}" if cap.gps_latitude is not None else ""
         meta = (f"<div class=meta>captured {_esc(cap.datetime_original)} {_esc(cap.make)} {_esc(cap.model)}"
                 f"{_esc(gps)}</div>")
-    models = ", ".join(f"{_esc(m.name)} <code>{_esc(m.sha256[:12])}</code>" for m in f.models)
+    models = ", ".join(f"{_esc(m.name)} <code>{_esc(m.sha256[:12])}</code>" + (f" ({_esc(m.feed)})" if m.feed else "")
+                       for m in f.models)
     also = f"<div class=meta>also at: {_esc(', '.join(f.also_at))}</div>" if f.also_at else ""
     return (f'<article class="card" data-families="{_esc(" ".join(fams))}" data-labels="{_esc(" ".join(labels))}" '
             f'data-conf="{conf:.4f}" data-status="{_esc(f.status)}" data-text="{_esc(text.lower())}">'
@@ -155,7 +156,8 @@ def write_html_report(outdir: str | os.PathLike[str], html_path: str | os.PathLi
 <title>wtivision report — {_esc(scan.root.name)}</title><style>{CSS}</style></head><body>
 <header><h1>wtivision scan report</h1><div>{_esc(scan.root)} · {len(scan.findings)} distinct photos ·
 {s.get('files', '?')} files · scanned {_esc(scan.info.get('finished', ''))} · models: {', '.join(
-        f"{_esc(m['name'])} ({_esc(m['sha256'][:12])})" for m in scan.info.get('models', []))}</div></header>
+        f"{_esc(m['name'])} ({_esc(m['sha256'][:12])}{'; ' + _esc(m['feed']) if m.get('feed') else ''})"
+        for m in scan.info.get('models', []))}</div></header>
 <div class="summary"><section><h2>Families</h2><table>{fam_rows}</table></section>
 <section><h2>Labels</h2><table>{lab_rows or '<tr><td>none</td></tr>'}</table></section>
 <section><h2>Serials and headstamps</h2><table>{text_rows or '<tr><td>none</td></tr>'}</table></section>
