@@ -7,6 +7,7 @@ import pytest
 from tests.conftest import REPO, write_photo
 from wtivision.analyzer import Analyzer
 from wtivision.errors import ModelIntegrityError, ModelNotFoundError
+from wtivision.ops import TILE_MERGE
 
 
 def test_boxes_come_back_in_original_pixels(tiny_models_dir, tmp_path):
@@ -160,7 +161,9 @@ def test_settings_that_change_results_change_the_model_set(tiny_models_dir):
     ids = {default.model_set}
     for kw in ({"tiles": True}, {"ocr": False}, {"conf_threshold": 0.5}):
         a = Analyzer(models_dir=tiny_models_dir, **kw)
-        assert len(a.settings) == 1 and a.model_set not in ids
+        tile_rule = {"tile_merge": TILE_MERGE} if "tiles" in kw else {}  # tiled results depend on the merge rule
+        assert len(a.settings) == 1 + len(tile_rule) and a.settings.items() >= tile_rule.items()
+        assert a.model_set not in ids
         ids.add(a.model_set)
     assert Analyzer(models_dir=tiny_models_dir, tiles=True).model_set == Analyzer(
         models_dir=tiny_models_dir, tiles=True).model_set

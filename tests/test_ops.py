@@ -1,7 +1,17 @@
 import numpy as np
 import pytest
 
-from wtivision.ops import box_ios, box_iou, inner_edge_mask, letterbox, nms, scale_boxes, tile_windows, yolo_postprocess
+from wtivision.ops import (
+    box_ios,
+    box_iou,
+    inner_edge_mask,
+    letterbox,
+    merge_tile_boxes,
+    nms,
+    scale_boxes,
+    tile_windows,
+    yolo_postprocess,
+)
 
 
 def test_letterbox_wide_image_hand_computed():
@@ -117,3 +127,27 @@ def test_box_ios_is_the_share_of_the_first_box_covered():
     small, big = np.array([[10, 10, 20, 20]]), np.array([[0, 0, 15, 100], [100, 100, 110, 110]])
     assert box_ios(small, big).tolist() == [[0.5, 0.0]]
     assert box_ios(big[:1], small)[0, 0] == pytest.approx(50 / 1500)
+
+
+def test_merge_tile_boxes_keeps_a_confident_tile_box_inside_a_weak_whole_box():
+    """A small mine the whole pass only guesses at (a weak box around it) and a tile sees clearly: the tile's box
+    stays. A part of a large object that a tile scores lower than the whole pass's box of it goes. Boxes of one
+    object in both passes keep the higher score; another class's box never removes one."""
+    whole = (np.array([[100, 100, 180, 180], [300, 0, 600, 200], [0, 300, 40, 340]]), np.array([0.05, 0.9, 0.3]),
+             np.array([1, 0, 1]))
+    tiles = (np.array([[110, 110, 150, 150],    # inside the weak class-1 box, scored 0.8: kept
+                       [320, 20, 400, 100],     # inside the confident class-0 box, scored 0.4: a part, dropped
+                       [320, 20, 400, 100],     # the same place as class 1: kept
+                       [1, 301, 41, 341]]),     # the class-1 object at 0.3 whole, 0.6 here: one box, 0.6
+             np.array([0.8, 0.4, 0.5, 0.6]), np.array([1, 0, 1, 1]))
+    b, s, c = merge_tile_boxes(whole, tiles)
+    got = sorted((int(k), round(float(v), 2), tuple(int(x) for x in bb)) for bb, v, k in zip(b, s, c))
+    assert got == [(0, 0.9, (300, 0, 600, 200)), (1, 0.05, (100, 100, 180, 180)), (1, 0.5, (320, 20, 400, 100)),
+                   (1, 0.6, (1, 301, 41, 341)), (1, 0.8, (110, 110, 150, 150))]
+    assert list(s) == sorted(s, reverse=True)
+    # a tile box under a whole-pass box of its class scoring at least as high is a part of it
+    b, s, c = merge_tile_boxes(whole, (tiles[0][:1], np.array([0.05]), np.array([1])))
+    assert len(b) == 3
+    # no tile boxes: the whole pass as it is
+    b, s, c = merge_tile_boxes(whole, (np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64)))
+    assert np.array_equal(b, whole[0]) and np.array_equal(c, whole[2])

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import REPO, write_photo
 from tests.test_media import _png_header_only
+from wtivision.ops import TILE_MERGE
 from wtivision.scan import AnalyzerConfig, scan
 
 
@@ -112,7 +113,7 @@ def test_rescan_reuses_and_workers_agree(messy_archive, tiny_models_dir, tmp_pat
     tiled = scan(messy_archive, one, AnalyzerConfig(models_dir=str(tiny_models_dir), ocr=False, tiles=True))
     assert tiled.reused == 0 and tiled.analyzed == 9 and tiled.model_set != again.model_set
     info = json.loads((one / "scan.json").read_text())
-    assert info["settings"] == {"conf": 0.25, "iou": 0.7, "ocr": False, "tiles": True}
+    assert info["settings"] == {"conf": 0.25, "iou": 0.7, "ocr": False, "tiles": True, "tile_merge": TILE_MERGE}
     assert {r["status"] for r in _rows(one)} == {r["status"] for r in _rows(two)}
 
 

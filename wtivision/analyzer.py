@@ -20,6 +20,7 @@ import numpy as np
 from . import __version__
 from .errors import ImageError, ModelError
 from .media import Limits, load_image, load_image_bytes
+from .ops import TILE_MERGE
 from .registry import Registry
 from .results import CaptureMetadata, ImageFindings, ModelRef
 from .runtime import ImageClassifier, RuntimeOptions, YoloDetector
@@ -151,6 +152,8 @@ class Analyzer:
         feeds = [s.detector.feed for s in self.steps if isinstance(s, DetectStep) and s.detector.feed]
         if feeds:  # a dynamic-input detector: how it is fed comes from the manifest, not the hashed file
             settings["detector_input"] = "; ".join(feeds)
+        if any(isinstance(s, DetectStep) and s.tiles for s in self.steps):  # tiled results depend on the merge rule
+            settings["tile_merge"] = TILE_MERGE
         self._model_refs = [ref for step in self.steps for ref in step.models()]
         #: Settings that differ from the defaults; with the model hashes they key stored scan results.
         self.settings = settings

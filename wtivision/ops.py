@@ -181,6 +181,39 @@ def tile_windows(height: int, width: int, zoom: float = 2.0, overlap: float = 0.
     return [(x, y, side, side) for y in starts(height) for x in starts(width)]
 
 
+#: Names ``merge_tile_boxes``' rule in the analysis settings of tiled scans (``Analyzer``), so results stored
+#: under an earlier rule are analysed again, not reused; change it whenever the rule changes.
+TILE_MERGE = "score-aware (2026-12-01)"
+
+
+def merge_tile_boxes(whole: tuple[np.ndarray, np.ndarray, np.ndarray], tiles: tuple[np.ndarray, np.ndarray, np.ndarray],
+                     merge_iou: float = 0.5, cover: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One set of detections from a whole-photo pass and the tile passes (boxes, scores, classes; boxes xyxy in
+    photo pixels, tile boxes already filtered by the caller), highest score first.
+
+    A tile box more than ``cover`` inside a whole-pass box of its class that scores at least as high is a part of
+    an object the whole pass already holds, and is dropped; then boxes of a class that overlap by more than
+    ``merge_iou`` (one object seen by two tiles, or by a tile and the whole pass) keep the higher score. The score
+    test matters: at a low threshold the whole pass holds weak boxes around small objects, and a rule that ignored
+    scores let them remove the tiles' confident boxes of those objects."""
+    wb, ws, wc = (np.asarray(a) for a in whole)
+    tb, ts, tc = (np.asarray(a) for a in tiles)
+    wb, tb = wb.astype(np.float64).reshape(-1, 4), tb.astype(np.float64).reshape(-1, 4)
+    wc, tc = wc.astype(np.int64).reshape(-1), tc.astype(np.int64).reshape(-1)
+    ws, ts = ws.astype(np.float32).reshape(-1), ts.astype(np.float32).reshape(-1)
+    if not len(tb):
+        return wb, ws, wc
+    # class offset: boxes of different classes never overlap
+    span = float(max(wb.max(initial=0.0), tb.max(initial=0.0))) + 1.0
+    if len(wb):
+        inside = box_ios(tb + tc[:, None] * span, wb + wc[:, None] * span) > cover
+        part = (inside & (ws[None, :] >= ts[:, None])).any(axis=1)
+        tb, ts, tc = tb[~part], ts[~part], tc[~part]
+    boxes, scores, cls = np.concatenate([wb, tb]), np.concatenate([ws, ts]), np.concatenate([wc, tc])
+    keep = nms(boxes + cls[:, None] * span, scores, merge_iou)
+    return boxes[keep], scores[keep], cls[keep]
+
+
 def inner_edge_mask(boxes: np.ndarray, window: tuple[int, int, int, int], image_hw: tuple[int, int],
                     margin: float = 2.0) -> np.ndarray:
     """True for boxes (xyxy, window pixels) that touch an edge of the window lying inside the photo: an

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ModelError, require
-from .ops import box_ios, inner_edge_mask, letterbox, nms, scale_boxes, tile_windows, yolo_postprocess
+from .ops import inner_edge_mask, letterbox, merge_tile_boxes, scale_boxes, tile_windows, yolo_postprocess
 from .registry import ModelSpec, Registry
 from .results import Classification, Detection
 
@@ -150,11 +150,11 @@ class YoloDetector(OnnxModel):
         the whole image's scale), for objects too small once the whole photo is shrunk to the input size.
 
         Tiles only add small objects: a tile's box is dropped when an inner edge of the tile cuts it (the
-        object is whole elsewhere), when its longer side exceeds ``max_side`` of the tile (large objects are
-        the whole pass's), or when a whole-pass box of its class already covers more than half of it. Tile
-        boxes seen by two overlapping tiles are merged by per-class NMS at ``merge_iou``. Costs one extra
-        inference per tile (6 for a 16:9 photo at zoom 2); photos no larger than the input size get the
-        whole-image pass only."""
+        object is whole elsewhere) or when its longer side exceeds ``max_side`` of the tile (large objects are
+        the whole pass's); the rest are merged with the whole pass's boxes by ``ops.merge_tile_boxes`` (a tile box
+        inside a whole-pass box of its class that scores at least as high is dropped, overlapping boxes of a class
+        keep the higher score, at ``merge_iou``). Costs one extra inference per tile (6 for a 16:9 photo at zoom
+        2); photos no larger than the input size get the whole-image pass only."""
         whole = self.boxes(image_bgr)
         hw = image_bgr.shape[:2]
         parts = []
@@ -165,21 +165,9 @@ class YoloDetector(OnnxModel):
             parts.append((b[keep] + np.array([x, y, x, y], dtype=np.float64), s[keep], c[keep]))
         if not parts:
             return whole
-        tb = np.concatenate([p[0] for p in parts]).astype(np.float64)
-        ts = np.concatenate([p[1] for p in parts]).astype(np.float32)
-        tc = np.concatenate([p[2] for p in parts]).astype(np.int64)
-        span = float(max(hw)) + 1.0  # class offset: boxes of different classes never overlap (photo pixels)
-        keep = nms(tb + tc[:, None] * span, ts, merge_iou)
-        tb, ts, tc = tb[keep], ts[keep], tc[keep]
-        if len(whole[0]) and len(tb):
-            covered = box_ios(tb + tc[:, None] * span, whole[0] + whole[2][:, None] * span) > 0.5
-            new = ~covered.any(axis=1)
-            tb, ts, tc = tb[new], ts[new], tc[new]
-        boxes = np.concatenate([whole[0], tb]).astype(np.float64)
-        scores = np.concatenate([whole[1], ts]).astype(np.float32)
-        cls = np.concatenate([whole[2], tc]).astype(np.int64)
-        order = np.argsort(-scores, kind="stable")[:self.max_det]
-        return boxes[order], scores[order], cls[order]
+        tiles = tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
+        boxes, scores, cls = merge_tile_boxes(whole, tiles, merge_iou)
+        return boxes[:self.max_det], scores[:self.max_det], cls[:self.max_det]
 
     def detect(self, image_bgr: np.ndarray, tiles: bool = False) -> list[Detection]:
         """Detections in original pixels; ``tiles=True`` adds the tiled passes (``tiled_boxes``)."""
