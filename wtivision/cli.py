@@ -123,8 +123,7 @@ def format_findings(f) -> str:
             )
     if not (f.detections or f.classifications or f.texts):
         lines.append("  nothing found")
-    lines.append("  models: " + ", ".join(f"{m.name} ({m.sha256[:12]}{'; ' + m.feed if m.feed else ''})"
-                                          for m in f.models))
+    lines.append("  models: " + ", ".join(m.short() for m in f.models))
     return "\n".join(lines)
 
 

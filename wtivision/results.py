@@ -113,6 +113,10 @@ class ModelRef(_Element):
     file: str = ""
     feed: str = ""
 
+    def short(self) -> str:
+        """``name (first 12 hex digits of the SHA-256[; feed])``, as reports and the CLI name a model."""
+        return f"{self.name} ({self.sha256[:12]}{'; ' + self.feed if self.feed else ''})"
+
 
 @dataclass
 class Detection(_Element):

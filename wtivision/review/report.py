@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ImageError, WtivisionError
 from ..media import load_image
-from ..results import ImageFindings
+from ..results import ImageFindings, ModelRef
 from ..taxonomy import FAMILIES
 from . import ScanOutput
 
@@ -156,8 +156,7 @@ def write_html_report(outdir: str | os.PathLike[str], html_path: str | os.PathLi
 <title>wtivision report — {_esc(scan.root.name)}</title><style>{CSS}</style></head><body>
 <header><h1>wtivision scan report</h1><div>{_esc(scan.root)} · {len(scan.findings)} distinct photos ·
 {s.get('files', '?')} files · scanned {_esc(scan.info.get('finished', ''))} · models: {', '.join(
-        f"{_esc(m['name'])} ({_esc(m['sha256'][:12])}{'; ' + _esc(m['feed']) if m.get('feed') else ''})"
-        for m in scan.info.get('models', []))}</div></header>
+        _esc(ModelRef.from_dict(m).short()) for m in scan.info.get('models', []))}</div></header>
 <div class="summary"><section><h2>Families</h2><table>{fam_rows}</table></section>
 <section><h2>Labels</h2><table>{lab_rows or '<tr><td>none</td></tr>'}</table></section>
 <section><h2>Serials and headstamps</h2><table>{text_rows or '<tr><td>none</td></tr>'}</table></section>
