@@ -364,6 +364,13 @@ def module_nodes(path: Path, first: int, last: int) -> list[str]:
             if (i := _module_index(n.name)) is not None and first <= i <= last]
 
 
+def quantised_activations(path: Path) -> set[str]:
+    """Names of the float tensors a QDQ model quantises (the inputs of its QuantizeLinear nodes)."""
+    import onnx
+
+    return {n.input[0] for n in onnx.load(str(path)).graph.node if n.op_type == "QuantizeLinear"}
+
+
 def calibration_reader(input_name: str, tensors: list[np.ndarray]) -> Any:
     """An onnxruntime ``CalibrationDataReader`` feeding ``tensors`` one by one as ``input_name``."""
     from onnxruntime.quantization import CalibrationDataReader

@@ -144,6 +144,42 @@ def test_fp32_head_outputs_stay_fp32_in_the_simulation_as_in_the_twin(tiny):
     assert len(np.unique(np.round(simulated, 6))) > 1000
 
 
+def test_fp32_modules_match_the_twin_which_still_quantises_their_outputs_where_int8_reads_them(tiny):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from export.onnx import quantised_activations, quantize_int8
+    from training.int8_tune import FakeQuant, calibration_batches, fp32_scopes, map_points, ort_ranges
+
+    model = copy.deepcopy(tiny["model"])
+    batches = calibration_batches(tiny["calib"], tiny["runner"])
+    pre = tiny["dir"] / "pre-stem.onnx"
+    quant_pre_process(str(tiny["path"]), str(pre), skip_symbolic_shape=True)
+    ranges = ort_ranges(pre, [b[i:i + 1].numpy() for b in batches for i in range(len(b))], tiny["dir"])
+
+    # the plain twin quantises exactly the simulated activations
+    plain = FakeQuant(copy.deepcopy(model))
+    plain.calibrate(batches)
+    assert plain.match_twin(map_points(plain, ranges), quantised_activations(tiny["q"])) == []
+
+    assert fp32_scopes(model, modules=(0, 2)) == ["model.0", "model.1", "model.2"]
+    with pytest.raises(ValueError, match="not quantised convolutions or modules"):
+        FakeQuant(copy.deepcopy(model), fp32=["model.99"])
+    sim = FakeQuant(model, fp32=fp32_scopes(model, modules=(0, 2)))
+    sim.calibrate(batches)
+    names = map_points(sim, ranges)
+    off = {p.name for p in sim.points if not p.on}
+    assert off and all(p.scope.split(".")[1] in "012" for p in sim.points if p.name in off)
+    q = quantize_int8(tiny["path"], tiny["runner"], tiny["calib"], tiny["dir"] / "tiny-int8-stem.onnx",
+                      fp32_modules=(0, 2))
+    changed = sim.match_twin(names, quantised_activations(q))
+    # model.2's output feeds model.3's int8 convolution: onnxruntime rounds it, so the simulation must too;
+    # everything else inside the stem stays fp32
+    assert changed == ["model.2.cv2.mul"] and sim.points[[p.name for p in sim.points].index(changed[0])].on
+    assert sum(not p.on for p in sim.points) == len(off) - 1
+    assert not any(t.startswith(("/model.0/", "/model.1/")) for t in quantised_activations(q))
+    _assert_tracks(*_track(tiny, model, sim, q))
+
+
 def test_learned_ranges_bring_int8_closer_to_fp32_on_unseen_images(tiny):
     from training.distill import head_outputs
     from training.int8_tune import FakeQuant, calibration_batches, logit_loss, tune_ranges

@@ -20,6 +20,9 @@ What is simulated (as ``export.onnx.quantize_int8`` quantises a YOLOv8 graph; Ba
   range (MinMax on the export's calibration photos to start with, zero included);
 - not simulated: the head's decode (kept fp32 by the export), max-pooling, upsampling and splits (they keep
   their input's scale), bias rounding (int32).
+Mixed precision (``--fp32-head-outputs``, ``--fp32-modules 0-2``) keeps those convolutions' weights and
+activations fp32 in both; a fp32 module's output that an int8 operator reads is still rounded there by
+onnxruntime, and ``FakeQuant.match_twin`` sets exactly the points the int8 graph quantises.
 Rounding passes gradients straight through (inside the range; zero outside), as in LSQ. Each simulated tensor
 is found in the ONNX graph by its operator and module scope, and checked to have the same calibration range
 (``map_points``), so a graph the simulation does not describe fails loudly instead of quantising blind.
@@ -81,6 +84,11 @@ class _Point:
         return (q + (q.round() - q).detach()) * scale + lo
 
 
+def _within(scope: str, modules: tuple[str, ...]) -> bool:
+    """Whether module path ``scope`` is one of ``modules`` or inside one of them."""
+    return any(scope == m or scope.startswith(m + ".") for m in modules)
+
+
 def _quant_weight(w: Any) -> Any:
     import torch
 
@@ -103,6 +111,7 @@ class _QSiLU:
 
         self.sig = _Point(f"{name}.sigmoid", "Sigmoid", f"{name}.act")
         self.mul = _Point(f"{name}.mul", "Mul", f"{name}.act")
+        self.sig.on = self.mul.on = not _within(f"{name}.act", sim.fp32)
         self.module = Mod()
 
 
@@ -110,8 +119,10 @@ class FakeQuant:
     """Attach int8 fake quantisation to a fused ultralytics YOLOv8 ``DetectionModel`` (in place).
 
     ``observing``: record activation ranges (run ``calibrate``); ``enabled``: round weights and activations.
-    ``fp32``: names of convolutions whose weights and outputs stay fp32 (mixed precision, e.g.
-    ``head_output_convs``; their output ranges are still observed). ``remove()`` restores the model exactly
+    ``fp32``: module names (a convolution, e.g. ``head_output_convs``, or a whole module, ``model.0``) whose
+    convolution weights and activations stay fp32 (mixed precision; their ranges are still observed). Where
+    such a module's output feeds a quantised operator, onnxruntime quantises it there all the same:
+    ``match_twin`` switches those points back on from the int8 graph. ``remove()`` restores the model exactly
     (its own modules and forwards), e.g. before saving."""
 
     def __init__(self, model: Any, fp32: tuple[str, ...] | list[str] = ()) -> None:
@@ -129,15 +140,17 @@ class FakeQuant:
             if isinstance(m, Detect) and getattr(m, "dfl", None) is not None:
                 skip.update(id(c) for c in m.dfl.modules())  # the decode stays fp32
         convs = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and id(m) not in skip}
-        if set(fp32) - convs:
-            raise ValueError(f"not quantised convolutions of this model: {sorted(set(fp32) - convs)[:3]}")
+        self.fp32 = tuple(fp32)
+        unknown = [s for s in self.fp32 if not any(_within(c, (s,)) for c in convs)]
+        if unknown:
+            raise ValueError(f"not quantised convolutions or modules of this model: {unknown[:3]}")
         for name, m in model.named_modules():
             if name in convs:
                 p = self._point(f"{name}.out", "Conv", name)
-                p.on = name not in fp32
+                int8_weight = not _within(name, self.fp32)
 
-                def fwd(x: Any, m: Any = m, p: _Point = p) -> Any:
-                    w = _quant_weight(m.weight) if self.enabled and p.on else m.weight
+                def fwd(x: Any, m: Any = m, p: _Point = p, q: bool = int8_weight) -> Any:
+                    w = _quant_weight(m.weight) if self.enabled and q else m.weight
                     return p(F.conv2d(x, w, m.bias, m.stride, m.padding, m.dilation, m.groups), self)
 
                 m.forward = fwd
@@ -158,8 +171,21 @@ class FakeQuant:
 
     def _point(self, name: str, op: str, scope: str) -> _Point:
         p = _Point(name, op, scope)
+        p.on = not _within(scope, self.fp32)
         self.points.append(p)
         return p
+
+    def match_twin(self, names: dict[str, str], quantised: set[str]) -> list[str]:
+        """Quantise exactly the activations the int8 graph quantises: ``names`` maps points to ONNX tensors
+        (``map_points``), ``quantised`` holds the tensors that get a QuantizeLinear in the twin
+        (``quantised_activations``). Returns the points switched on or off."""
+        changed = []
+        for p in self.points:
+            on = names[p.name] in quantised
+            if on != p.on:
+                p.on = on
+                changed.append(p.name)
+        return changed
 
     def _hook(self, handle: Any) -> None:
         self._undo.append(handle.remove)
@@ -194,6 +220,18 @@ class FakeQuant:
         for undo in reversed(self._undo):
             undo()
         self._undo.clear()
+
+
+def fp32_scopes(model: Any, head_outputs: bool = False, modules: tuple[int, int] | None = None) -> list[str]:
+    """The ``FakeQuant(fp32=...)`` names for the mixed precision of ``export.onnx.quantize_int8``:
+    ``head_outputs`` (``fp32_head_outputs``) and ``modules`` (``fp32_modules``, first and last index)."""
+    out = head_output_convs(model) if head_outputs else []
+    return out + ([f"model.{i}" for i in range(modules[0], modules[1] + 1)] if modules else [])
+
+
+def _modules(report: dict[str, Any]) -> tuple[int, int] | None:
+    m = report.get("fp32_modules")
+    return (int(m[0]), int(m[1])) if m else None
 
 
 def head_output_convs(model: Any) -> list[str]:
@@ -419,13 +457,16 @@ def _finished_run(out: Path, models_dir: Path | None) -> tuple[dict[str, Any], A
 def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None = None, steps: int = 200,
               lr: float = 0.02, batch: int = 8, n_check: int = 200, also: list[Path] | tuple = (),
               install: bool = False, keep: bool = False, workers: int = 1, loader_seed: int = 0, every: int = 50,
-              n_val: int = 150, focus: float = 0.0, fp32_head_outputs: bool = False) -> dict[str, Any]:
+              n_val: int = 150, focus: float = 0.0, fp32_head_outputs: bool = False,
+              fp32_modules: tuple[int, int] | None = None) -> dict[str, Any]:
     """Learn the activation ranges of the shipped fp32 detector ``model_name``'s int8 twin (``tune_ranges``),
     keep the snapshot (every ``every`` steps, or the MinMax start) that agrees best with fp32 on ``n_val`` val
     photos, quantise with it and measure it against the fp32 model (``export.onnx``'s agreement rule, on
     ``n_check`` test photos of ``data``; ``also``: more folders, reported only); with ``install``, register it
     if it meets the rule. ``fp32_head_outputs``: the head's output convolutions stay fp32, in the simulation
-    and in the twin (``export.onnx.quantize_int8``), so class logits are neither clipped nor rounded.
+    and in the twin (``export.onnx.quantize_int8``), so class logits are neither clipped nor rounded;
+    ``fp32_modules`` (first, last): the ultralytics modules ``model.first`` .. ``model.last`` stay fp32 in both
+    (e.g. (0, 2), the stem, where the widest activation ranges are).
     Writes ``out/<model>-int8.onnx``, ``out/ranges.json`` (the chosen ranges), ``out/snapshots.json`` (every
     candidate's) and ``out/int8_tune.json``; returns the report."""
     import copy
@@ -434,7 +475,7 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
     import torch
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.onnx import sample_images
+    from export.onnx import quantised_activations, quantize_int8, sample_images
     from training.common import load_checkpoint
     from training.distill import PhotoViews
     from wtivision.evaluate import split_images
@@ -458,14 +499,20 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
         fp32_path, runner, calib_imgs = staged_fp32(reg, spec, Path(data), work)
         teacher = load_checkpoint(reg.root / src, "pytorch_weights")[0].eval()
         student = copy.deepcopy(teacher).fuse()
-        sim = FakeQuant(student, fp32=head_output_convs(student) if fp32_head_outputs else ())
-        quantised = {p.name for p in sim.points if p.on}
+        sim = FakeQuant(student, fp32=fp32_scopes(student, fp32_head_outputs, fp32_modules))
         calib = calibration_batches(calib_imgs, runner)
         sim.calibrate(calib)
         pre = work / "pre.onnx"
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         names = map_points(sim, ort_ranges(pre, [b[i:i + 1].numpy() for b in calib for i in range(len(b))], work))
-        logger.info("%d quantised activations of %s simulated and found in its ONNX graph", len(names), spec.name)
+        # the twin quantises what the simulation must round: with fp32 modules, their outputs where a quantised
+        # operator reads them (a plain twin: no change, a check that both describe the same graph)
+        minmax = quantize_int8(fp32_path, runner, calib_imgs, work / "minmax.onnx", fp32_modules=fp32_modules,
+                               fp32_head_outputs=fp32_head_outputs)
+        changed = sim.match_twin(names, quantised_activations(minmax))
+        quantised = {p.name for p in sim.points if p.on}
+        logger.info("%d of %d activations of %s simulated, found in its ONNX graph and quantised there (%d set "
+                    "from the int8 graph)", len(quantised), len(names), spec.name, len(changed))
 
         views = PhotoViews([p for p, _ in split_images(Path(data), "train")], imgsz, loader_seed)
         loader = torch.utils.data.DataLoader(views, batch_size=batch, shuffle=True, num_workers=workers,
@@ -480,11 +527,12 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
                  for step, snap in [(0, start), *snaps]]
         best, rep, candidates = choose_and_measure(spec, fp32_path, runner, calib_imgs, snaps, Path(data), out,
                                                    work, n_val=n_val, n_check=n_check, also=also,
-                                                   fp32_head_outputs=fp32_head_outputs)
+                                                   fp32_head_outputs=fp32_head_outputs, fp32_modules=fp32_modules)
 
     report: dict[str, Any] = {
         "model": spec.name, "model_sha256": spec.sha256, "pytorch_weights": src, "data": str(data),
         "steps": steps, "lr": lr, "batch": batch, "focus": focus, "fp32_head_outputs": fp32_head_outputs,
+        "fp32_modules": list(fp32_modules) if fp32_modules else None,
         "calibration": {"images": N_CALIB, "seed": CALIB_SEED},
         "tensors": len(best["ranges"]), "chosen_step": best["step"], "val": {"images": n_val, "seed": VAL_SEED},
         "candidates": candidates,
@@ -501,7 +549,8 @@ def tune_twin(model_name: str, data: Path, out: Path, *, models_dir: Path | None
 def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list[np.ndarray],
                        snaps: list[tuple[int, dict[str, tuple[float, float]]]], data: Path, out: Path, work: Path, *,
                        n_val: int, n_check: int, also: list[Path] | tuple = (), val_seed: int = VAL_SEED,
-                       fp32_head_outputs: bool = False) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
+                       fp32_head_outputs: bool = False, fp32_modules: tuple[int, int] | None = None
+                       ) -> tuple[dict[str, Any], dict[str, Any], list[dict]]:
     """Quantise the fp32 model ``fp32_path`` with each snapshot's ranges (ONNX tensor -> range), keep the one
     that agrees best with fp32 on ``n_val`` val photos of ``data`` (never test photos; ties: the later step) and
     measure it against fp32 on ``n_check`` test photos (``also``: more folders, reported only).
@@ -520,7 +569,7 @@ def choose_and_measure(spec: Any, fp32_path: Path, runner: Any, calib_imgs: list
     for step, ranges in snaps:
         (work / f"q{step}").mkdir()
         q = quantize_int8(fp32_path, runner, calib_imgs, work / f"q{step}" / qspec.file, ranges=ranges,
-                          fp32_head_outputs=fp32_head_outputs)
+                          fp32_head_outputs=fp32_head_outputs, fp32_modules=fp32_modules)
         agree = int8_report(runner, stage(ModelSpec(**qspec.to_dict()), q), val, fp32_raw=val_raw)["agreement"]
         candidates.append({"step": step, "val_agreement": agree, "file": q, "ranges": ranges,
                            "score": min(agree["conf_0.25"], agree["conf_0.1"])})
@@ -566,7 +615,7 @@ def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path |
         best, rep, candidates = choose_and_measure(
             spec, fp32_path, runner, calib_imgs, snaps, data, out, work, n_val=n_val, val_seed=val_seed,
             n_check=n_check or report["int8"]["images"], also=[Path(f) for f in report["int8"].get("also", {})],
-            fp32_head_outputs=bool(report.get("fp32_head_outputs")))
+            fp32_head_outputs=bool(report.get("fp32_head_outputs")), fp32_modules=_modules(report))
     for stale in ("installed", "ship_check"):
         report.pop(stale, None)
     report.update({"chosen_step": best["step"], "candidates": candidates, "int8": rep,
@@ -598,7 +647,8 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
     qspec.extra.update({"int8_of": spec.name, "int8_of_sha256": spec.sha256, "meets_agreement_rule":
                         rep["meets_rule"], "activation_ranges": f"learned by training.int8_tune "
                                                                f"({report['chosen_step']} steps)",
-                        "fp32_head_outputs": bool(report.get("fp32_head_outputs"))})
+                        "fp32_head_outputs": bool(report.get("fp32_head_outputs")),
+                        "fp32_modules": report.get("fp32_modules")})
     if rep["meets_rule"] and spec.default and rep["latency_ms"] < rep["fp32_latency_ms"]:
         qspec.default, spec.default = True, False
         write_manifest_entry(reg.root, spec)
@@ -625,6 +675,10 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
              if report.get("fp32_head_outputs") else "")
     if mixed:
         focus += " --fp32-head-outputs"
+    if _modules(report):
+        first, last = _modules(report)
+        focus += f" --fp32-modules {first}-{last}"
+        mixed += f" Its modules {first}-{last} (`model.{first}` .. `model.{last}`) run in fp32."
     lines = [
         f"{TWIN_HEADING} ({report['model']}-int8)", "",
         f"Static QDQ int8 (per-channel int8 weights, uint8 activations) of this model's ONNX graph, with this "
@@ -652,6 +706,13 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
     return head + "\n\n" + "\n".join(lines) + "\n"
 
 
+def _span(text: str) -> tuple[int, int]:
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST module indices, e.g. 0-2, not {text!r}")
+    return int(first), int(last)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.int8_tune", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -670,6 +731,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp32-head-outputs", action="store_true",
                     help="keep the head's output convolutions (box distributions, class logits) fp32 in the "
                          "simulation and the twin: no clipping or rounding of the scores, a few ms slower")
+    ap.add_argument("--fp32-modules", type=_span, default=None, metavar="FIRST-LAST",
+                    help="keep ultralytics modules FIRST..LAST (model.FIRST ...) fp32 in the simulation and the twin, "
+                         "e.g. 0-2 for the stem")
     ap.add_argument("--every", type=int, default=50, help="steps between snapshots of the (averaged) ranges")
     ap.add_argument("--val-images", type=int, default=150,
                     help="val photos on which the snapshots (and the MinMax start) are compared (default 150)")
@@ -713,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
         report = tune_twin(a.model, a.data, a.out, models_dir=a.models_dir, steps=a.steps, lr=a.lr, batch=a.batch,
                            n_check=a.check_images or 200, also=a.also, install=a.install, keep=a.keep,
                            workers=a.workers, loader_seed=a.seed, every=a.every, n_val=a.val_images, focus=a.focus,
-                           fp32_head_outputs=a.fp32_head_outputs)
+                           fp32_head_outputs=a.fp32_head_outputs, fp32_modules=a.fp32_modules)
     except (ValueError, FileNotFoundError) as exc:
         logger.error("int8 tuning FAILED: %s", exc)
         return 1
