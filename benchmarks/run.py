@@ -35,10 +35,13 @@ def _load_bgr(paths):
     return [cv2.imread(str(p)) for p in paths]
 
 
-def _detector_pt(reg) -> Path | None:
-    spec = reg.default_for("detector")
-    if spec is None:
-        return None
+def _fp32_reference(reg, spec):
+    """The fp32 detector ``spec`` is the int8 twin of (manifest ``extra.int8_of``), else ``spec`` itself."""
+    of = (spec.extra or {}).get("int8_of")
+    return reg.get(of) if spec.precision == "int8" and of else spec
+
+
+def _detector_pt(reg, spec) -> Path | None:
     src = spec.extra.get("pytorch_weights") if spec.extra else None
     if src and (reg.root / src).is_file():
         return reg.root / src
@@ -50,22 +53,26 @@ def bench_detector(images, reg, repeat: int) -> dict:
     from wtivision.runtime import RuntimeOptions, YoloDetector
 
     out: dict = {}
-    spec = reg.default_for("detector")
-    if spec is None:
+    default = reg.default_for("detector")
+    if default is None:
         return {"skipped": "no default detector in the manifest"}
+    # an int8 default: its fp32 model gives the fp32, 640 px and PyTorch rows
+    spec = _fp32_reference(reg, default)
+    wide = [im for im in images if im.shape[1] * 3 == im.shape[0] * 4]  # the 4:3 photos (camera photos)
     variants = [s for s in reg.specs() if s.task == "detect" and s.role == "detector"]
     for s in variants:
         det = YoloDetector(s, reg, RuntimeOptions())
         # another detector of the manifest (e.g. a kept int8 model of an earlier version) is named in its row
-        key = f"onnx_{s.precision}_{s.input_size[0]}" + ("" if s.name == spec.name else f"_{s.name}")
+        key = f"onnx_{s.precision}_{s.input_size[0]}" + ("" if s.name in (spec.name, default.name) else f"_{s.name}")
         out[key] = stats_ms(time_calls(det.detect, images, repeat=repeat))
-        if s.name == spec.name:  # `--tiles`: the whole photo + crops at twice the scale (6 for a 4:3 photo)
-            out[f"onnx_{s.precision}_{s.input_size[0]}_tiled"] = stats_ms(
+        if s.name == default.name:  # `--tiles`: the whole photo + crops at twice the scale (6 for a 4:3 photo)
+            out[f"{key}_tiled"] = stats_ms(
                 time_calls(lambda im, d=det: d.detect(im, tiles=True), images, repeat=repeat))
+            if s is not spec and wide and s.preprocessing.get("rect_stride"):
+                out[f"{key}_4:3"] = stats_ms(time_calls(det.detect, wide, repeat=repeat))
     if spec.preprocessing.get("rect_stride"):
         # a dynamic input: the same file fed the full square (as a static export is), and at 640; "_4:3" rows
         # time the 4:3 photos of the set only (camera photos), the others all photos
-        wide = [im for im in images if im.shape[1] * 3 == im.shape[0] * 4]
         square = {k: v for k, v in spec.preprocessing.items() if k != "rect_stride"}
         for key, variant in ((f"onnx_{spec.precision}_{spec.input_size[0]}", spec),
                              (f"onnx_{spec.precision}_{spec.input_size[0]}_square",
@@ -77,7 +84,7 @@ def bench_detector(images, reg, repeat: int) -> dict:
                 out[key] = stats_ms(time_calls(det.detect, images, repeat=repeat))
             if wide:
                 out[f"{key}_4:3"] = stats_ms(time_calls(det.detect, wide, repeat=repeat))
-    pt = _detector_pt(reg)
+    pt = _detector_pt(reg, spec)
     if pt is None:
         out["pytorch"] = "skipped: no PyTorch weights recorded for the detector (manifest extra.pytorch_weights)"
         return out

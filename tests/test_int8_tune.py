@@ -224,6 +224,8 @@ def test_twin_section_replaces_an_older_one():
     assert once.count("## int8 twin") == twice.count("## int8 twin") == 1
     assert "after 6 of 7 batches" in twice and "of 5 batches" not in twice and twice.startswith("# card\n\ntext")
     assert "does not meet the agreement rule" in once
+    # how near the rule is: 1 of 100 missed at 0.25 (2 allowed), 3 of 150 at 0.1 (3 allowed)
+    assert "1 of 100 missed at 0.25, 2 allowed; 3 of 150 missed at 0.1, 3 allowed" in once
     rep["int8"]["meets_rule"] = True
     assert "It meets the agreement rule" in with_twin_section(once, rep)
 

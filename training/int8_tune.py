@@ -641,9 +641,11 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
     if not rep["meets_rule"] and not keep:
         raise ValueError(f"agreement {rep['agreement']} is below the 0.98 rule: {qname} not installed "
                          f"(--keep installs it as a non-default option; report: {out / 'int8_tune.json'})")
-    qspec.metrics = {"int8_agreement_with_fp32": rep["agreement"], "latency_ms": rep["latency_ms"],
-                     "fp32_latency_ms": rep["fp32_latency_ms"]}
-    qspec.extra = {k: v for k, v in spec.extra.items() if not k.startswith("pytorch_weights")}
+    qspec.metrics = {"int8_agreement_with_fp32": rep["agreement"], "int8_agreement_images": rep["images"],
+                     "latency_ms": rep["latency_ms"], "fp32_latency_ms": rep["fp32_latency_ms"]}
+    # what describes the fp32 file only (its PyTorch source, the static export it replaced) stays with it
+    qspec.extra = {k: v for k, v in spec.extra.items()
+                   if not k.startswith("pytorch_weights") and k != "static_export_sha256"}
     qspec.extra.update({"int8_of": spec.name, "int8_of_sha256": spec.sha256, "meets_agreement_rule":
                         rep["meets_rule"], "activation_ranges": f"learned by training.int8_tune "
                                                                f"({report['chosen_step']} steps)",
@@ -661,6 +663,17 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
 
 
 TWIN_HEADING = "## int8 twin"
+
+
+def _misses(a: dict[str, Any], min_agreement: float = 0.98) -> str:
+    """'missed M of N, the rule allows K' at conf 0.25 and 0.1, from an agreement dict: how near the rule is."""
+    parts = []
+    for c in ("0.25", "0.1"):
+        n = int(a[f"fp32_detections_conf_{c}"])
+        parts.append(f"{round(n * (1 - a[f'conf_{c}']))} of {n} missed at {c}, "
+                     f"{int(n * (1 - min_agreement) + 1e-9)} allowed")
+        # 1e-9: 0.02 * 150 is 2.9999999999999996 in floating point
+    return "; ".join(parts)
 
 
 def with_twin_section(card: str, report: dict[str, Any]) -> str:
@@ -690,8 +703,14 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
         f"model.{mixed}", "",
         f"Agreement with this fp32 model on {r['images']} test photos (fp32 detections matched one to one, same "
         f"class, IoU >= 0.5): **{a['conf_0.25']}** of {a['fp32_detections_conf_0.25']} at conf 0.25, "
-        f"**{a['conf_0.1']}** of {a['fp32_detections_conf_0.1']} at conf 0.1. {verdict}",
+        f"**{a['conf_0.1']}** of {a['fp32_detections_conf_0.1']} at conf 0.1 ({_misses(a)}). {verdict}",
     ]
+    chosen = [c["val_agreement"] for c in report.get("candidates", []) if c["step"] == report.get("chosen_step")]
+    if chosen:
+        v = chosen[0]
+        lines.append(f"On the {report.get('val', {}).get('images', 150)} val photos that chose it: {v['conf_0.25']} "
+                     f"at 0.25 ({v['fp32_detections_conf_0.25']} detections), {v['conf_0.1']} at 0.1 "
+                     f"({v['fp32_detections_conf_0.1']}).")
     for name, b in r.get("also", {}).items():
         lines.append(f"On {b['images']} photos of `{name}` (not used for anything else here): {b['conf_0.25']} at "
                      f"0.25 ({b['fp32_detections_conf_0.25']} detections), {b['conf_0.1']} at 0.1 "
