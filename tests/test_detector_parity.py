@@ -77,3 +77,21 @@ def test_int8_twin_agrees_with_fp32(detector, registry, images):
     # the export measured agreement on the test split; on the examples it must be of the same order
     assert box_agreement(ref, other) >= min(0.9, qspec.metrics["int8_agreement_with_fp32"]["conf_0.25"] - 0.05)
     assert np.isfinite([d.confidence for ds in other for d in ds]).all()
+
+
+def test_an_int8_default_is_the_twin_of_a_shipped_fp32_model_and_met_the_rule(registry):
+    """The rule for an int8 default (issue 5): it matched >= 0.98 of its fp32 model's detections at conf 0.25 and
+    0.1 and is faster; the manifest must name that fp32 model by name and SHA-256, and the numbers must say so."""
+    from export.onnx import int8_good_enough
+
+    default = registry.default_for("detector")
+    if default is None or default.precision != "int8":
+        pytest.skip("the default detector is not int8")
+    ref = registry.get(default.extra["int8_of"])
+    assert ref.precision == "fp32" and not ref.default
+    assert default.extra["int8_of_sha256"] == ref.sha256  # the twin of this very file, not of an earlier export
+    assert default.extra["meets_agreement_rule"] is True
+    assert int8_good_enough({"agreement": default.metrics["int8_agreement_with_fp32"]})
+    assert default.metrics["latency_ms"] < default.metrics["fp32_latency_ms"]
+    assert default.classes == ref.classes and default.card == ref.card
+    assert default.extra.get("trained_classes") == ref.extra.get("trained_classes")
