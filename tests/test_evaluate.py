@@ -280,3 +280,35 @@ def test_ship_check_fails_a_candidate_clearly_worse_on_a_judged_class(labelled, 
     checks.write_text(f"checks:\n  - {{name: bench, dataset: {labelled}, classes: [marking]}}\n")
     assert main(["--candidate", "tiny-blind", *args]) == 2
     assert "no 'marking' box" in capsys.readouterr().out
+
+
+def test_scale_vs_detail_copy_keeps_size_and_boxes_and_drops_detail(labelled, tiny_models_dir, tmp_path, capsys):
+    """benchmarks.scale_vs_detail: the shrunk copy has each photo's size and labels but only the detail of the
+    input size (less high-frequency energy); a larger side copies the pixels; --sources keeps those photos only."""
+    import cv2
+
+    from benchmarks.scale_vs_detail import main, shrunk_copy
+
+    assert shrunk_copy(labelled, "test", tmp_path / "s", side=32) == 2  # the unreadable photo is left out
+    for name in ("a", "b"):
+        orig = cv2.imread(str(labelled / "images" / "test" / f"{name}.png"))
+        copy = cv2.imread(str(tmp_path / "s" / "images" / "test" / f"{name}.png"))
+        assert copy.shape == orig.shape
+        assert cv2.Laplacian(copy, cv2.CV_64F).var() < 0.5 * cv2.Laplacian(orig, cv2.CV_64F).var()
+        assert ((tmp_path / "s" / "labels" / "test" / f"{name}.txt").read_text()
+                == (labelled / "labels" / "test" / f"{name}.txt").read_text())
+    assert shrunk_copy(labelled, "test", tmp_path / "same", side=10 ** 6) == 2
+    assert np.array_equal(cv2.imread(str(tmp_path / "same" / "images" / "test" / "b.png")),
+                          cv2.imread(str(labelled / "images" / "test" / "b.png")))
+    (labelled / "manifest.csv").write_text("path,source\nimages/test/b.png,drone\nimages/test/a.png,desk\n")
+    assert shrunk_copy(labelled, "test", tmp_path / "one", side=32, sources={"drone"}) == 1
+    assert [p.name for p in (tmp_path / "one" / "images" / "test").iterdir()] == ["b.png"]
+
+    # the whole comparison on the tiny detector (it boxes the same places whatever the pixels): four rows
+    assert main([str(labelled), "--class", "pistol", "--model", "tiny-detector", "--models-dir",
+                 str(tiny_models_dir), "--json", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert [(r["photos"].split()[0], r["tiles"]) for r in rows] == [("original", False), ("original", True),
+                                                                    ("shrunk", False), ("shrunk", True)]
+    assert rows[0]["boxes"] == 2 and rows[0]["ap50"] == rows[2]["ap50"] > 0.9
+    assert "| original (2 photos, 2 boxes) |" in capsys.readouterr().out
