@@ -314,3 +314,51 @@ def test_int8_report_reads_each_inference_at_every_threshold_as_detect_does(tiny
         assert rep[f"fp32_detections_conf_{conf}"] == sum(map(len, ref)) > 0
         assert rep[f"conf_{conf}"] == round(box_agreement(ref, other), 4)
     f.conf_threshold = 0.01
+
+
+def test_install_twin_moves_the_default_only_with_a_passing_ship_check_and_keeps_it_on_reinstall(
+        tiny_models_dir, tmp_path):
+    import json
+    import shutil
+
+    from training.int8_tune import install_twin
+    from wtivision.registry import Registry, write_manifest_entry
+
+    reg = Registry(tiny_models_dir)
+    spec = reg.get("tiny-detector")
+    spec.card = "cards/tiny.md"
+    write_manifest_entry(tiny_models_dir, spec)
+    (tiny_models_dir / "cards").mkdir()
+    (tiny_models_dir / "cards" / "tiny.md").write_text("# tiny\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(tiny_models_dir / spec.file, run / "tiny-detector-int8.onnx")
+    agreement = {"conf_0.25": 0.99, "fp32_detections_conf_0.25": 100, "conf_0.1": 0.98,
+                 "fp32_detections_conf_0.1": 150}
+    (run / "int8_tune.json").write_text(json.dumps({
+        "model": "tiny-detector", "model_sha256": spec.sha256, "tensors": 3, "steps": 5, "batch": 2,
+        "chosen_step": 5, "int8": {"agreement": agreement, "images": 10, "latency_ms": 20.0, "fp32_latency_ms": 50.0,
+                                   "latency_vs_fp32": 0.4, "meets_rule": True, "also": {}}}))
+    row = {"check": "set", "images": 9, "class": "pistol", "boxes": 12, "baseline": 0.7, "candidate": 0.6,
+           "diff": -0.1, "low": -0.2, "high": -0.01, "verdict": "worse"}
+
+    def ship(passes: bool, candidate: str = "tiny-detector-int8") -> object:
+        p = tmp_path / f"ship-{passes}-{candidate}.json"
+        p.write_text(json.dumps({"baseline": "tiny-detector", "candidate": candidate, "passes": passes,
+                                 "rows": [row if not passes else {**row, "verdict": "no clear difference"}]}))
+        return p
+
+    def defaults() -> dict[str, bool]:
+        return {s.name: s.default for s in Registry(tiny_models_dir).specs()}
+
+    with pytest.raises(ValueError, match="not tiny-detector-int8"):
+        install_twin(run, tiny_models_dir, ship_check_json=ship(True, candidate="other"))
+    install_twin(run, tiny_models_dir, ship_check_json=ship(True))
+    assert defaults() == {"tiny-detector": False, "tiny-detector-int8": True}
+    card = (tiny_models_dir / "cards" / "tiny.md").read_text()
+    assert "- set              pistol" in card and "PASSES" in card
+    install_twin(run, tiny_models_dir)  # installing again keeps the twin the default
+    assert defaults() == {"tiny-detector": False, "tiny-detector-int8": True}
+    install_twin(run, tiny_models_dir, ship_check_json=ship(False))  # a failing check gives fp32 the default back
+    assert defaults() == {"tiny-detector": True, "tiny-detector-int8": False}
+    assert "FAILS: clearly worse: pistol on set" in (tiny_models_dir / "cards" / "tiny.md").read_text()

@@ -626,18 +626,24 @@ def rechoose(out: Path, n_val: int, val_seed: int = VAL_SEED, models_dir: Path |
     return report
 
 
-def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) -> dict[str, Any]:
+def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False,
+                 ship_check_json: Path | None = None) -> dict[str, Any]:
     """Register the int8 twin of a finished ``tune_twin`` run folder ``out`` as ``<model>-int8``.
 
     It must meet the agreement rule (``keep``: install it anyway, never as the default, the card saying it
     does not meet the rule). It becomes the default only if it meets the rule, its fp32 model is the default,
-    and it is faster. The fp32 model's card gets an int8-twin section."""
+    it is faster, and (with ``ship_check_json``, the ``--json`` of ``training.ship_check --candidate
+    <model>-int8 --baseline <model>``) no judged class is clearly worse. The fp32 model's card gets an
+    int8-twin section, with the ship check's lines if given."""
     from export.common import install_model, write_manifest_entry
 
     out = Path(out)
     report, reg, spec = _finished_run(out, models_dir)
     rep, qspec = report["int8"], twin_spec(spec)
     qname = qspec.name
+    ship_ok = True
+    if ship_check_json:
+        report["ship_check"], ship_ok = ship_check_lines(Path(ship_check_json), spec.name, qname)
     if not rep["meets_rule"] and not keep:
         raise ValueError(f"agreement {rep['agreement']} is below the 0.98 rule: {qname} not installed "
                          f"(--keep installs it as a non-default option; report: {out / 'int8_tune.json'})")
@@ -651,8 +657,13 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
                                                                f"({report['chosen_step']} steps)",
                         "fp32_head_outputs": bool(report.get("fp32_head_outputs")),
                         "fp32_modules": report.get("fp32_modules")})
-    if rep["meets_rule"] and spec.default and rep["latency_ms"] < rep["fp32_latency_ms"]:
-        qspec.default, spec.default = True, False
+    # the default stays with this pair (fp32 or its twin, when installing again): the twin if it qualifies
+    current = reg.default_for(spec.role)
+    pair_default = spec.default or (current is not None and current.name == qname)
+    qspec.default = bool(pair_default and rep["meets_rule"] and ship_ok
+                         and rep["latency_ms"] < rep["fp32_latency_ms"])
+    if spec.default != (pair_default and not qspec.default):
+        spec.default = pair_default and not qspec.default
         write_manifest_entry(reg.root, spec)
     install_model(out / qspec.file, qspec, reg.root)
     card = reg.root / spec.card
@@ -663,6 +674,19 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False) 
 
 
 TWIN_HEADING = "## int8 twin"
+
+
+def ship_check_lines(path: Path, baseline: str, candidate: str) -> tuple[list[str], bool]:
+    """The text lines (``training.ship_check.to_text``, header dropped) and the verdict of a ship check's
+    ``--json`` file, which must compare ``candidate`` with ``baseline``."""
+    from training.ship_check import ShipReport, to_text
+
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    if (d.get("baseline"), d.get("candidate")) != (baseline, candidate):
+        raise ValueError(f"{path} compares {d.get('candidate')} with {d.get('baseline')}, not {candidate} with "
+                         f"{baseline}")
+    r = ShipReport(d["baseline"], d["candidate"], bool(d["passes"]), d["rows"])
+    return [line.strip() for line in to_text(r).splitlines()[2:]], r.passes
 
 
 def _misses(a: dict[str, Any], min_agreement: float = 0.98) -> str:
@@ -717,7 +741,7 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
                      f"({b['fp32_detections_conf_0.1']}).")
     lines += ["", f"Latency (median, one photo, this machine's 2 cores): int8 {r['latency_ms']} ms, fp32 "
                   f"{r['fp32_latency_ms']} ms ({r['latency_vs_fp32']}x)."]
-    if report.get("ship_check"):  # `training.ship_check --candidate <model>-int8 --baseline <model>`, added by hand
+    if report.get("ship_check"):  # install_twin(ship_check_json=...): `training.ship_check ... --json`
         lines += ["", "Accuracy against this fp32 model (`python -m training.ship_check`, AP50, 95 % paired "
                       "bootstrap interval of int8 - fp32):", ""]
         lines += [f"- {row}" for row in report["ship_check"]]
@@ -772,6 +796,9 @@ def main(argv: list[str] | None = None) -> int:
                          "--val-images val photos (--val-seed), measure the chosen twin on test, rewrite the run")
     ap.add_argument("--install-only", action="store_true",
                     help="do not tune: install the twin of the finished run in --out (with --keep if below the rule)")
+    ap.add_argument("--ship-check-json", type=Path, default=None,
+                    help="(with --install/--install-only) the --json of `training.ship_check --candidate <model>-int8 "
+                         "--baseline <model>`: its lines go into the card, and a failing check keeps fp32 the default")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
@@ -786,11 +813,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.rechoose:
             report = rechoose(a.out, a.val_images, a.val_seed, a.models_dir, n_check=a.check_images)
             if a.install or a.keep:
-                report = install_twin(a.out, a.models_dir, keep=a.keep)
+                report = install_twin(a.out, a.models_dir, keep=a.keep, ship_check_json=a.ship_check_json)
             print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=2))
             return 0
         if a.install_only:
-            report = install_twin(a.out, a.models_dir, keep=a.keep)
+            report = install_twin(a.out, a.models_dir, keep=a.keep, ship_check_json=a.ship_check_json)
             print(json.dumps(report["installed"]))
             return 0
         report = tune_twin(a.model, a.data, a.out, models_dir=a.models_dir, steps=a.steps, lr=a.lr, batch=a.batch,
