@@ -5,6 +5,7 @@ simulated int8 model closer to fp32 on photos it did not learn from."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -342,7 +343,7 @@ def test_install_twin_moves_the_default_only_with_a_passing_ship_check_and_keeps
     row = {"check": "set", "images": 9, "class": "pistol", "boxes": 12, "baseline": 0.7, "candidate": 0.6,
            "diff": -0.1, "low": -0.2, "high": -0.01, "verdict": "worse"}
 
-    def ship(passes: bool, candidate: str = "tiny-detector-int8") -> object:
+    def ship(passes: bool, candidate: str = "tiny-detector-int8") -> Path:
         p = tmp_path / f"ship-{passes}-{candidate}.json"
         p.write_text(json.dumps({"baseline": "tiny-detector", "candidate": candidate, "passes": passes,
                                  "rows": [row if not passes else {**row, "verdict": "no clear difference"}]}))
