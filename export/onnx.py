@@ -648,7 +648,11 @@ def trained_classes(names: list[str], per_class: dict[str, dict[str, int]]) -> l
     return [c for c in names if any(k.startswith("train_") and v > 0 for k, v in per_class.get(c, {}).items())]
 
 
-def int8_good_enough(report: dict[str, Any], min_agreement: float = 0.98) -> bool:
+#: The share of the fp32 model's detections an int8 model must match, at each judged threshold, to be the default.
+MIN_INT8_AGREEMENT = 0.98
+
+
+def int8_good_enough(report: dict[str, Any], min_agreement: float = MIN_INT8_AGREEMENT) -> bool:
     """Whether int8 may replace fp32 as the default: agreement >= ``min_agreement`` at conf 0.25 and 0.1,
     measured on at least one fp32 detection (or top-1 agreement for a classifier)."""
     a = report["agreement"]

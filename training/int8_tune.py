@@ -689,8 +689,10 @@ def ship_check_lines(path: Path, baseline: str, candidate: str) -> tuple[list[st
     return [line.strip() for line in to_text(r).splitlines()[2:]], r.passes
 
 
-def _misses(a: dict[str, Any], min_agreement: float = 0.98) -> str:
+def _misses(a: dict[str, Any]) -> str:
     """'missed M of N, the rule allows K' at conf 0.25 and 0.1, from an agreement dict: how near the rule is."""
+    from export.onnx import MIN_INT8_AGREEMENT as min_agreement
+
     parts = []
     for c in ("0.25", "0.1"):
         n = int(a[f"fp32_detections_conf_{c}"])
@@ -712,8 +714,8 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
              if report.get("fp32_head_outputs") else "")
     if mixed:
         focus += " --fp32-head-outputs"
-    if _modules(report):
-        first, last = _modules(report)
+    if modules := _modules(report):
+        first, last = modules
         focus += f" --fp32-modules {first}-{last}"
         mixed += f" Its modules {first}-{last} (`model.{first}` .. `model.{last}`) run in fp32."
     lines = [
