@@ -7,12 +7,14 @@ yolo11n.yaml, yolov8n-cls.yaml: trained from scratch, no hub weights), ``data`` 
 ``batch``, ``seed``, ``device`` (cpu / 0), ``workers``, ``augment_strength`` (field augmentations,
 0 disables), ``gray_p`` (probability that a training image is turned grey, default 0.05: raise it when a
 source is grey-only, so that grey is not a cue for its classes), ``val`` (validate each epoch), ``runs``
-(parent of the run folder, default runs/<task>) and any other ultralytics train argument under
-``train_args``. Relative paths are relative to the repo root.
+(parent of the run folder, default runs/<task>), ``train_mix`` (detect only: re-weight the training split, see
+``mix_train_split``) and any other ultralytics train argument under ``train_args``. Relative paths are relative
+to the repo root.
 
 A run folder ``<runs>/<name>/`` keeps: ``config.yaml`` (the config used), ``run.json`` (config path,
 dataset folder, dataset manifest SHA-256, seed, versions), ``args.yaml`` and ``results.csv`` (ultralytics),
-``metrics.json`` (final and best-epoch metrics) and ``weights/best.pt`` / ``weights/last.pt``.
+``metrics.json`` (final and best-epoch metrics) and ``weights/best.pt`` / ``weights/last.pt``; with
+``train_mix`` also ``train.txt`` (the training images, one line per draw) and ``data.yaml`` (pointing at it).
 """
 
 from __future__ import annotations
@@ -103,6 +105,76 @@ def prepare_run(cfg: dict[str, Any], run_dir: Path, data: Path) -> dict[str, Any
     return info
 
 
+MIX_KEYS = {"where", "repeat", "fraction"}
+WHERE_KEYS = {"label", "source", "tile"}
+
+
+def _mix_matches(where: dict[str, Any], row: dict[str, str]) -> bool:
+    labels = set(filter(None, row.get("labels", "").split(";")))
+    if "label" in where and str(where["label"]) not in labels:
+        return False
+    if "source" in where and row.get("source") != str(where["source"]):
+        return False
+    return not ("tile" in where and bool(where["tile"]) != ("#tile=" in row.get("original", "")))
+
+
+def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, seed: int) -> tuple[Path, dict]:
+    """Re-weight the training split of a ``datasets.build`` folder without copying an image.
+
+    ``mix`` is a list of rules ``{where: {label: CLASS, source: NAME, tile: true|false}, repeat: N,
+    fraction: F}``; each training image takes the first rule whose ``where`` it matches (every key given must
+    hold; ``tile`` tells the recipe's crops, manifest ``original`` ending ``#tile=...``, from whole photos),
+    is drawn with probability ``fraction`` (default 1, seeded) and then listed ``repeat`` times (default 1).
+    Images no rule matches are listed once. Writes ``train.txt`` (absolute paths, one per draw) and a
+    ``data.yaml`` whose ``train`` is that list into ``run_dir``; returns its path and the counts per rule.
+    The images stay those of the dataset's manifest, in their splits: val and test are untouched.
+    """
+    import csv
+
+    import yaml
+
+    for i, rule in enumerate(mix):
+        bad = set(rule) - MIX_KEYS or set(rule.get("where") or {}) - WHERE_KEYS
+        if bad:
+            raise ValueError(f"train_mix rule {i}: unknown keys {sorted(bad)} (rule keys {sorted(MIX_KEYS)}, "
+                             f"where keys {sorted(WHERE_KEYS)})")
+        if not 0.0 <= float(rule.get("fraction", 1.0)) <= 1.0 or int(rule.get("repeat", 1)) < 0:
+            raise ValueError(f"train_mix rule {i}: fraction must be in [0, 1] and repeat >= 0")
+    data_cfg = yaml.safe_load(data_yaml.read_text(encoding="utf-8"))
+    root = Path(data_cfg.get("path") or data_yaml.parent)
+    manifest = dataset_manifest(data_yaml)
+    if manifest is None:
+        raise ValueError(f"train_mix needs the dataset's manifest.csv beside {data_yaml}")
+    rng = random.Random(seed)
+    lines: list[str] = []
+    counts = [{"images": 0, "drawn": 0, "listed": 0} for _ in range(len(mix) + 1)]
+    with open(manifest, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
+    for row in sorted(rows, key=lambda r: r["path"]):
+        k = next((i for i, rule in enumerate(mix) if _mix_matches(rule.get("where") or {}, row)), len(mix))
+        rule = mix[k] if k < len(mix) else {}
+        counts[k]["images"] += 1
+        if rng.random() >= float(rule.get("fraction", 1.0)):
+            continue
+        counts[k]["drawn"] += 1
+        n = int(rule.get("repeat", 1))
+        counts[k]["listed"] += n
+        lines += [str((root / row["path"]).resolve())] * n
+    if not lines:
+        raise ValueError("train_mix leaves no training image")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    listing = run_dir / "train.txt"
+    listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = run_dir / "data.yaml"
+    out.write_text(yaml.safe_dump({**data_cfg, "path": str(root), "train": str(listing)}, sort_keys=False),
+                   encoding="utf-8")
+    info = {"rules": [dict(r) for r in mix] + [{"where": "no rule"}], "counts": counts,
+            "train_list_sha256": hashlib.sha256(listing.read_bytes()).hexdigest()}
+    logger.info("train_mix: %d training lines from %d images (%s)", len(lines), len(rows),
+                ", ".join(f"rule {i}: {c['listed']}" for i, c in enumerate(counts)))
+    return out, info
+
+
 def write_metrics(run_dir: Path) -> dict[str, Any]:
     """``metrics.json`` from ultralytics' results.csv: the last epoch and the best one (by fitness)."""
     import csv
@@ -144,7 +216,12 @@ def train(cfg: dict[str, Any], task: str, resume: bool = False) -> Path:
     data = _path(cfg["data"])
     if task == "detect" and data.is_dir():
         data = data / "data.yaml"
-    prepare_run(cfg, run_dir, data)
+    info = prepare_run(cfg, run_dir, data)
+    if cfg.get("train_mix"):
+        if task != "detect":
+            raise ValueError("train_mix is for detectors (a datasets.build folder with its manifest.csv)")
+        data, info["train_mix"] = mix_train_split(data, list(cfg["train_mix"]), run_dir, seed)
+        (run_dir / "run.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     args: dict[str, Any] = dict(
         data=str(data), epochs=int(cfg.get("epochs", 100)),
         imgsz=int(cfg.get("imgsz", 640 if task == "detect" else 224)),
