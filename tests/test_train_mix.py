@@ -23,6 +23,9 @@ def _dataset(root: Path) -> Path:
                      "split": split, "labels": "landmine_uxo;landmine_uxo" if mine else "pistol",
                      "original": f"images/raw{i}.jpg" + ("#tile=0,0,300,300" if tile else "")})
     root.mkdir(parents=True)
+    for r in rows:
+        (root / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (root / r["path"]).write_bytes(b"")  # only the names matter here
     with open(root / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, FIELDS, restval="")
         w.writeheader()
@@ -54,6 +57,21 @@ def test_mix_repeats_draws_and_leaves_val_alone(tmp_path: Path) -> None:
     assert len(lines) == 12 + counts[2]["drawn"]
     again, _ = mix_train_split(data, mix, tmp_path / "run2", seed=3)
     assert (tmp_path / "run2" / "train.txt").read_text() == "\n".join(lines) + "\n"  # seeded
+
+
+def test_mix_follows_a_pack(tmp_path: Path) -> None:
+    """A training.pack copy re-encodes every image as .jpg and may hold a subset: rows follow, or are counted."""
+    data = _dataset(tmp_path / "ds")
+    root = data.parent
+    (root / "images/train/im04.jpg").rename(root / "images/train/im04.png")  # manifest says .jpg, pack has .png
+    (root / "images/train/im05.jpg").unlink()
+    manifest = (root / "manifest.csv").read_text().replace("im01.jpg", "im01.png")  # a .png original, packed as .jpg
+    (root / "manifest.csv").write_text(manifest)
+    _, info = mix_train_split(data, [{"repeat": 1}], tmp_path / "run", seed=0)
+    lines = (tmp_path / "run" / "train.txt").read_text().split()
+    assert info["missing"] == 2  # im04 (.png on disk, no .jpg) and im05 (not packed)
+    assert str((root / "images/train/im01.jpg").resolve()) in lines
+    assert len(lines) == 36 - 2
 
 
 def test_mix_refuses_unknown_keys_and_empty_lists(tmp_path: Path) -> None:

@@ -125,9 +125,11 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
     fraction: F}``; each training image takes the first rule whose ``where`` it matches (every key given must
     hold; ``tile`` tells the recipe's crops, manifest ``original`` ending ``#tile=...``, from whole photos),
     is drawn with probability ``fraction`` (default 1, seeded) and then listed ``repeat`` times (default 1).
-    Images no rule matches are listed once. Writes ``train.txt`` (absolute paths, one per draw) and a
-    ``data.yaml`` whose ``train`` is that list into ``run_dir``; returns its path and the counts per rule.
-    The images stay those of the dataset's manifest, in their splits: val and test are untouched.
+    Images no rule matches are listed once; manifest rows whose image is not in the folder (a ``training.pack``
+    subset) are left out and counted, and a pack's re-encoded ``.jpg`` stands for a ``.png`` original. Writes
+    ``train.txt`` (absolute paths, one per draw) and a ``data.yaml`` whose ``train`` is that list into
+    ``run_dir``; returns its path and the counts per rule. The images stay those of the dataset's manifest,
+    in their splits: val and test are untouched.
     """
     import csv
 
@@ -150,7 +152,14 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
     counts = [{"images": 0, "drawn": 0, "listed": 0} for _ in range(len(mix) + 1)]
     with open(manifest, newline="", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
+    missing = 0
     for row in sorted(rows, key=lambda r: r["path"]):
+        image = (root / row["path"]).resolve()
+        if not image.is_file() and image.with_suffix(".jpg").is_file():  # a training.pack copy is re-encoded
+            image = image.with_suffix(".jpg")
+        if not image.is_file():  # e.g. left out of a --max-images pack
+            missing += 1
+            continue
         k = next((i for i, rule in enumerate(mix) if _mix_matches(rule.get("where") or {}, row)), len(mix))
         rule = mix[k] if k < len(mix) else {}
         counts[k]["images"] += 1
@@ -159,7 +168,7 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
         counts[k]["drawn"] += 1
         n = int(rule.get("repeat", 1))
         counts[k]["listed"] += n
-        lines += [str((root / row["path"]).resolve())] * n
+        lines += [str(image)] * n
     if not lines:
         raise ValueError("train_mix leaves no training image")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +177,9 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
     out = run_dir / "data.yaml"
     out.write_text(yaml.safe_dump({**data_cfg, "path": str(root), "train": str(listing)}, sort_keys=False),
                    encoding="utf-8")
-    info = {"rules": [dict(r) for r in mix] + [{"where": "no rule"}], "counts": counts,
+    if missing:
+        logger.warning("train_mix: %d training images of the manifest are not in %s (left out)", missing, root)
+    info = {"rules": [dict(r) for r in mix] + [{"where": "no rule"}], "counts": counts, "missing": missing,
             "train_list_sha256": hashlib.sha256(listing.read_bytes()).hexdigest()}
     logger.info("train_mix: %d training lines from %d images (%s)", len(lines), len(rows),
                 ", ".join(f"rule {i}: {c['listed']}" for i, c in enumerate(counts)))
