@@ -17,7 +17,6 @@ Writes a markdown table to stdout (and ``--json`` if given); the copy goes to ``
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
 import shutil
@@ -34,13 +33,13 @@ def shrunk_copy(root: Path, split: str, out: Path, side: int, sources: set[str] 
     copied. Photos already at most ``side`` px are copied as they are. Returns the number of photos."""
     import cv2
 
+    from datasets.build import read_manifest
     from wtivision.evaluate import split_images
 
     shutil.rmtree(out, ignore_errors=True)
     keep = None
     if sources:
-        with open(root / "manifest.csv", newline="", encoding="utf-8") as f:
-            keep = {Path(r["path"]).name for r in csv.DictReader(f) if r["source"] in sources}
+        keep = {Path(r["path"]).name for r in read_manifest(root) if r["source"] in sources}
     (out / "images" / split).mkdir(parents=True)
     (out / "labels" / split).mkdir(parents=True)
     if (root / "data.yaml").is_file():

@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 MIN_VISIBLE = 0.6
 
 
+#: What a crop's manifest ``original`` carries after its parent photo's path: ``#tile=x,y,w,h``.
+TILE_MARK = "#tile="
+
+
 def clip_boxes(boxes: list[Box], x: int, y: int, w: int, h: int, min_visible: float = MIN_VISIBLE) -> list[Box]:
     """The boxes seen in the window (x, y, w, h), in window coordinates; boxes with less than
     ``min_visible`` of their area inside are left out."""
@@ -105,5 +109,5 @@ def tile_item(item: Item, out_dir: Path, spec: dict[str, Any],
         path = out_dir / f"{sha[:20]}.jpg"
         path.write_bytes(data)
         boxes = clip_boxes(item.boxes, x, y, w, h, float(spec.get("min_visible", MIN_VISIBLE)))
-        made.append((Item(path, boxes, width=w, height=h), f"#tile={x},{y},{w},{h}", sha))
+        made.append((Item(path, boxes, width=w, height=h), f"{TILE_MARK}{x},{y},{w},{h}", sha))
     return made

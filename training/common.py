@@ -115,7 +115,9 @@ def _mix_matches(where: dict[str, Any], row: dict[str, str]) -> bool:
         return False
     if "source" in where and row.get("source") != str(where["source"]):
         return False
-    return not ("tile" in where and bool(where["tile"]) != ("#tile=" in row.get("original", "")))
+    from datasets.tiles import TILE_MARK
+
+    return not ("tile" in where and bool(where["tile"]) != (TILE_MARK in row.get("original", "")))
 
 
 def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, seed: int) -> tuple[Path, dict]:
@@ -131,9 +133,9 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
     ``run_dir``; returns its path and the counts per rule. The images stay those of the dataset's manifest,
     in their splits: val and test are untouched.
     """
-    import csv
-
     import yaml
+
+    from datasets.build import read_manifest
 
     for i, rule in enumerate(mix):
         bad = set(rule) - MIX_KEYS or set(rule.get("where") or {}) - WHERE_KEYS
@@ -150,8 +152,7 @@ def mix_train_split(data_yaml: Path, mix: list[dict[str, Any]], run_dir: Path, s
     rng = random.Random(seed)
     lines: list[str] = []
     counts = [{"images": 0, "drawn": 0, "listed": 0} for _ in range(len(mix) + 1)]
-    with open(manifest, newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] == "train"]
+    rows = [r for r in read_manifest(manifest.parent) if r["split"] == "train"]
     missing = 0
     for row in sorted(rows, key=lambda r: r["path"]):
         image = (root / row["path"]).resolve()
