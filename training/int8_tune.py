@@ -645,7 +645,9 @@ def install_twin(out: Path, models_dir: Path | None = None, keep: bool = False,
     if ship_check_json:
         report["ship_check"], ship_ok = ship_check_lines(Path(ship_check_json), spec.name, qname)
     if not rep["meets_rule"] and not keep:
-        raise ValueError(f"agreement {rep['agreement']} is below the 0.98 rule: {qname} not installed "
+        from export.onnx import MIN_INT8_AGREEMENT
+
+        raise ValueError(f"agreement {rep['agreement']} is below the {MIN_INT8_AGREEMENT} rule: {qname} not installed "
                          f"(--keep installs it as a non-default option; report: {out / 'int8_tune.json'})")
     qspec.metrics = {"int8_agreement_with_fp32": rep["agreement"], "int8_agreement_images": rep["images"],
                      "latency_ms": rep["latency_ms"], "fp32_latency_ms": rep["fp32_latency_ms"]}
@@ -706,8 +708,11 @@ def with_twin_section(card: str, report: dict[str, Any]) -> str:
     """The model card with its int8-twin section (replacing an older one) describing ``report``."""
     r = report["int8"]
     a = r["agreement"]
+    from export.onnx import MIN_INT8_AGREEMENT
+
     verdict = ("It meets the agreement rule." if r.get("meets_rule") else
-               "**It does not meet the agreement rule (>= 0.98 at both thresholds): it is not the default, only a "
+               f"**It does not meet the agreement rule (>= {MIN_INT8_AGREEMENT} at both thresholds): it is not the "
+               "default, only a "
                "faster option for those who accept that it misses some of the fp32 model's detections.**")
     focus = f" --focus {report['focus']:g}" if report.get("focus") else ""
     mixed = (" The head's output convolutions (box distributions and class logits) stay fp32."
