@@ -500,8 +500,11 @@ def card_text(r: dict[str, Any]) -> str:
         dropped_line += (f"\n- **Switched off** although trained ({', '.join(f'`{c}`' for c in off)}): not fit to "
                          "report (see the notes); dropped by the runtime like the untrained outputs.")
     notes = f"\n## Notes\n{r['notes'].strip()}\n" if r.get("notes") else ""
-    d = r.get("distill")
-    trained_by = (f"`python -m training.distill` (run `{r['run']}`: {d.get('steps_done', '?')} steps of "
+    d, avg = r.get("distill"), r.get("averaged")
+    trained_by = (f"`python -m training.average` (run `{r['run']}`): the weighted mean of "
+                  + ", ".join(f"`{Path(a['checkpoint']).as_posix()}` x {a['weight']:.3g} (SHA-256 "
+                              f"{a['sha256'][:12]}...)" for a in avg) if avg else
+                  f"`python -m training.distill` (run `{r['run']}`: {d.get('steps_done', '?')} steps of "
                   f"{d.get('batch', '?')} views of {d.get('train_photos', '?')} train photos, teacher "
                   f"`{d.get('teacher', '?')}`, start `{d.get('student', '?')}`)" if d else
                   f"`python -m training.{r['task']}` (run `{r['run']}`, {r.get('epochs', '?')} epochs)")
@@ -578,6 +581,10 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     results_csv = run.dir / "results.csv"
     if results_csv.is_file():
         result["epochs"] = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
+    averaged = json.loads((run.dir / "run.json").read_text(encoding="utf-8")).get("averaged") \
+        if (run.dir / "run.json").is_file() else None  # a training.average run: a weighted mean of checkpoints
+    if averaged:
+        result["averaged"] = averaged
     distilled = run.dir / "distill.json"  # a training.distill run: no epochs, a teacher and a pruned start
     if distilled.is_file():
         result["distill"] = json.loads(distilled.read_text(encoding="utf-8")).get("summary", {})

@@ -60,6 +60,23 @@ def load_checkpoint(path: Path, what: str = "checkpoint") -> tuple[Any, dict[str
     return (ckpt.get("ema") or ckpt["model"]).float(), ckpt
 
 
+def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], extra: dict[str, Any]) -> None:
+    """An ultralytics checkpoint of ``model`` (half precision, no EMA) that ``YOLO(path)`` and ``export.onnx``
+    load; ``extra`` (e.g. ``{"distill": ...}``) records how it was made. Written to a temporary name first, so
+    a checkpoint is never left half written."""
+    import copy
+
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = copy.deepcopy(model).eval().half()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    tmp = path.with_suffix(".tmp")
+    torch.save({**extra, "model": m, "ema": None, "train_args": train_args, "epoch": -1}, tmp)
+    tmp.replace(path)
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

@@ -140,20 +140,6 @@ def _freeze_bn(model: Any) -> None:
             m.eval()
 
 
-def save_checkpoint(model: Any, path: Path, train_args: dict[str, Any], info: dict[str, Any]) -> None:
-    import copy
-
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    m = copy.deepcopy(model).eval().half()
-    for p in m.parameters():
-        p.requires_grad_(False)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": m, "ema": None, "train_args": train_args, "distill": info, "epoch": -1}, tmp)
-    tmp.replace(path)  # a checkpoint is never left half written
-
-
 def distill(teacher: Any, student: Any, loader: Any, *, lr: float = 1e-5, hours: float | None = None,
             steps: int | None = None, box_weight: float = 1.0, on_step: Any = None) -> list[dict[str, float]]:
     """Train ``student`` towards ``teacher`` on ``loader`` batches until ``hours`` or ``steps`` run out
@@ -221,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     import torch
 
-    from training.common import load_checkpoint, offline, prepare_run, seed_everything
+    from training.common import load_checkpoint, offline, prepare_run, save_checkpoint, seed_everything
     from wtivision.errors import DatasetError
     from wtivision.evaluate import split_images
 
@@ -254,15 +240,16 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("step %d %.0f s lr %.2e cls %.4f box %.4f", step, row["s"], row["lr"],
                         np.mean([r["cls"] for r in recent]), np.mean([r["box"] for r in recent]))
         if time.monotonic() - last_save[0] > a.save_every * 60:
-            save_checkpoint(student, a.out / "weights" / "last.pt", train_args, {**cfg, "steps_done": step})
+            save_checkpoint(student, a.out / "weights" / "last.pt", train_args,
+                            {"distill": {**cfg, "steps_done": step}})
             (a.out / "distill.json").write_text(json.dumps({"config": cfg, "log": log}), encoding="utf-8")
             last_save[0] = time.monotonic()
 
     log = distill(teacher, student, loader, lr=a.lr, hours=a.hours, steps=a.steps, box_weight=a.box_weight,
                   on_step=on_step)
     info = {**cfg, "steps_done": len(log), "images_seen": len(log) * a.batch, "train_photos": len(views)}
-    save_checkpoint(student, a.out / "weights" / "last.pt", train_args, info)
-    save_checkpoint(student, a.out / "weights" / "best.pt", train_args, info)
+    for kind in ("last", "best"):
+        save_checkpoint(student, a.out / "weights" / f"{kind}.pt", train_args, {"distill": info})
     (a.out / "distill.json").write_text(json.dumps({"config": cfg, "summary": info, "log": log}), encoding="utf-8")
     logger.info("distilled %s -> %s: %s", a.teacher, a.out, info)
     return 0
