@@ -282,6 +282,29 @@ def test_ship_check_fails_a_candidate_clearly_worse_on_a_judged_class(labelled, 
     assert "no 'marking' box" in capsys.readouterr().out
 
 
+def test_ship_check_exclude_takes_one_list_or_several(labelled, tiny_models_dir, tmp_path):
+    """A check's ``exclude`` is one image list or a list of them; every listed photo is left out of both runs."""
+    from training.ship_check import load_checks, ship_check
+    from wtivision.registry import Registry
+    from wtivision.runtime import YoloDetector
+
+    (tmp_path / "one.txt").write_text("images/test/a.png\n")
+    (tmp_path / "two.csv").write_text("# comment\ncheck,path\nx,images/test/c empty.jpg\nx,images/test/zz.png\n")
+    checks = tmp_path / "checks.yaml"
+    checks.write_text(f"checks:\n  - {{name: one, dataset: {labelled}, classes: [pistol], exclude: one.txt}}\n"
+                      f"  - {{name: two, dataset: {labelled}, classes: [pistol], exclude: [one.txt, two.csv]}}\n"
+                      f"  - {{name: none, dataset: {labelled}, classes: [pistol]}}\n")
+    loaded = load_checks(checks, base=tmp_path)
+    assert [len(c.exclude) for c in loaded] == [1, 2, 0]
+    reg = Registry(tiny_models_dir)
+    det = YoloDetector(reg.get("tiny-detector"), reg, conf_threshold=0.001)
+    report = ship_check(det, det, loaded, resamples=20)
+    # b.png alone is left where both lists apply (the unreadable photo and a name not in the set drop quietly)
+    assert {k: v["images"] for k, v in report.comparisons.items()} == {"one": 1, "two": 1, "none": 2}
+    assert report.comparisons["two"]["errors"] == {} and report.comparisons["one"]["errors"]
+    assert report.passes
+
+
 def test_scale_vs_detail_copy_keeps_size_and_boxes_and_drops_detail(labelled, tiny_models_dir, tmp_path, capsys):
     """benchmarks.scale_vs_detail: the shrunk copy has each photo's size and labels but only the detail of the
     input size (less high-frequency energy); a larger side copies the pixels; --sources keeps those photos only."""

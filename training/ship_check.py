@@ -36,7 +36,7 @@ class Check:
     name: str
     dataset: Path
     classes: list[str]
-    exclude: Path | None = None
+    exclude: list[Path] = field(default_factory=list)  # image lists (``read_image_list``) left out
     recipe: str = ""  # how to build the dataset folder, for the error message
 
     @classmethod
@@ -47,7 +47,9 @@ class Check:
         missing = [k for k in ("name", "dataset", "classes") if not d.get(k)]
         if missing:
             raise ValueError(f"ship check {d!r}: missing {', '.join(missing)}")
-        return cls(d["name"], path(d["dataset"]), list(d["classes"]), path(d.get("exclude")), d.get("recipe", ""))
+        ex = d.get("exclude") or []
+        ex = [ex] if isinstance(ex, str) else list(ex)
+        return cls(d["name"], path(d["dataset"]), list(d["classes"]), [path(p) for p in ex], d.get("recipe", ""))
 
 
 @dataclass
@@ -60,8 +62,8 @@ class ShipReport:
 
 
 def load_checks(path: Path, base: Path = REPO) -> list[Check]:
-    """The checks of a yaml file (``checks: [{name, dataset, classes, exclude?, recipe?}]``); relative paths
-    are relative to ``base`` (the repository root)."""
+    """The checks of a yaml file (``checks: [{name, dataset, classes, exclude?, recipe?}]``; ``exclude``: one
+    image list or several); relative paths are relative to ``base`` (the repository root)."""
     import yaml
 
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
@@ -81,7 +83,7 @@ def ship_check(baseline: Any, candidate: Any, checks: list[Check], resamples: in
                                           + (f" (build it: {c.recipe})" if c.recipe else "") for c in absent))
     report = ShipReport(baseline.spec.name, candidate.spec.name, True)
     for c in checks:
-        exclude = read_image_list(c.exclude) if c.exclude else []
+        exclude = [p for f in c.exclude for p in read_image_list(f)]
         cmp = compare_detectors(baseline, candidate, c.dataset, exclude=exclude, resamples=resamples)
         report.comparisons[c.name] = cmp.to_dict()
         per = {k.name: k for k in cmp.classes}
