@@ -33,6 +33,8 @@ Recipe (yaml; relative paths are relative to the recipe file)::
         class_map: {pistol: pistol, knife: null}   # or a yaml file: class_maps/granada.yaml
         only_sha256: ../testsets/x.csv   # optional: only these images (a CSV with a sha256 column, or one
                                  # hash per line): a named test set picked out of a raw source
+        drop_sha256: ../testsets/y.csv   # optional: leave these images out (same list formats), e.g. box-less
+                                 # photos that do show a class (datasets/testsets/unlabelled-firearms-train.csv)
         pin_split: test          # optional: every image of this source goes to that split, and (as with
                                  # keep_splits) its near-duplicate groups with it: keeps a named test set and
                                  # its twins out of training when a recipe redraws the other photos
@@ -306,7 +308,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
     base = path.parent.resolve()
     recipe["_base"] = str(base)
     for s in recipe["sources"]:
-        for k in ("path", "images", "only_sha256"):
+        for k in ("path", "images", "only_sha256", "drop_sha256"):
             if s.get(k) and not Path(s[k]).is_absolute():
                 s[k] = str((base / s[k]).resolve())
     return recipe
@@ -355,14 +357,18 @@ def read_sha256_list(path: Path) -> set[str]:
 def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]:
     """Import, map and validate every source; return the records and the problems found. A source with
     ``only_sha256`` (an image list, see ``read_sha256_list``) gives just the listed images; a listed image
-    the source lacks is a problem (a named test set must be complete)."""
+    the source lacks is a problem (a named test set must be complete). ``drop_sha256`` leaves the listed images
+    out; how many it dropped is noted among the problems (a listed image the source lacks is not a problem:
+    one list may serve several sources)."""
     records: list[Record] = []
     problems: list[str] = []
     base = Path(recipe.get("_base", "."))
     d4 = transforms_of(recipe) == "d4"
     for src in recipe["sources"]:
         only = read_sha256_list(Path(src["only_sha256"])) if src.get("only_sha256") else None
+        drop = read_sha256_list(Path(src["drop_sha256"])) if src.get("drop_sha256") else set()
         found: set[str] = set()
+        dropped = 0
         fmt = src["format"]
         synthetic = fmt == "scenes" or bool(src.get("synthetic", False))
         class_map = src.get("class_map")
@@ -381,6 +387,9 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
                     if sha not in only:
                         continue
                     found.add(sha)
+                if sha in drop:
+                    dropped += 1
+                    continue
                 if not item.width or not item.height:
                     item.width, item.height = image_size(item.image)
                 variants = phash_d4(item.image) if d4 else (phash(item.image),)
@@ -392,6 +401,8 @@ def collect(recipe: dict[str, Any], out: Path) -> tuple[list[Record], list[str]]
             records.append(Record(item, src["name"], src.get("origin", ""), src.get("licence", "unknown"),
                                   "synthetic" if synthetic else "photo", _relative(item.image, root),
                                   sha, variants[0], variants=variants))
+        if drop:
+            problems.append(f"{src['name']}: {dropped} images left out as listed in {src['drop_sha256']}")
         if only is not None and len(found) < len(only):
             missing = sorted(only - found)
             problems.append(f"{src['name']}: {len(missing)} of the {len(only)} images listed in "

@@ -468,6 +468,13 @@ def test_only_sha256_picks_a_named_test_set_out_of_a_source(tmp_path):
     plain.write_text("not-a-hash\n")
     with pytest.raises(ValueError, match="not SHA-256"):
         build(recipe, tmp_path / "bad")
+    # drop_sha256: the listed images (and only they) are left out, and the build says how many
+    dropper = _recipe(src)
+    dropper["sources"][0]["drop_sha256"] = str(listed)
+    build(dropper, tmp_path / "dropped")
+    kept = {r["sha256"] for r in read_manifest(tmp_path / "dropped")}
+    assert kept == {r["sha256"] for r in read_manifest(tmp_path / "all")} - {r["sha256"] for r in rows}
+    assert f"{len(rows)} images left out as listed in {listed}" in (tmp_path / "dropped" / "problems.txt").read_text()
     # the named set as a pinned source beside the whole source: the listed images (scene 0 among them) and their
     # twins (zz_near_dup, a resized copy of scene 0 left in the other source) land in test
     first = sorted((src / "images" / "train").glob("scene_*.jpg"))[0].name
