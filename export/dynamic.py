@@ -156,7 +156,11 @@ def reexport_dynamic(name: str, models_dir: Path = MODELS_DIR, data: Path | None
         new_twin = None
         if twin is not None:
             old_q = YoloDetector(twin, reg)
-            q = quantize_int8(f, new, images, work / twin.file, qparams=activation_qparams(old_q.path))
+            # mixed precision as the twin was made (training.int8_tune --fp32-modules / --fp32-head-outputs)
+            mods = (twin.extra or {}).get("fp32_modules")
+            q = quantize_int8(f, new, images, work / twin.file, qparams=activation_qparams(old_q.path),
+                              fp32_modules=tuple(mods) if mods else None,
+                              fp32_head_outputs=bool((twin.extra or {}).get("fp32_head_outputs")))
             a, b = quant_params(old_q.path), quant_params(q)
             differ = sorted(k for k in a.keys() | b.keys() if k not in a or k not in b
                             or a[k].dtype != b[k].dtype or not np.array_equal(a[k], b[k]))
