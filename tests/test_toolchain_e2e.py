@@ -139,6 +139,22 @@ def test_build_train_export_detect(tmp_path, monkeypatch):
     assert len(a[0]) == len(b[0]) > 0 and np.allclose(a[0], b[0], atol=1e-2)
     pa, pb = (quant_params(r.root / r.get("e2e-s-int8").file) for r in (before, reg))
     assert pa.keys() == pb.keys() and len(pa) > 100 and all(np.array_equal(pa[k], pb[k]) for k in pa)
+    # a mixed-precision twin (training.int8_tune --fp32-modules) is re-quantised with the same modules in fp32
+    from export.common import install_model
+    from export.onnx import quantize_int8
+
+    mixed = tmp_path / "m-mixed"
+    shutil.copytree(tmp_path / "m-before", mixed)
+    reg = Registry(mixed)
+    fp, tw = reg.get("e2e-s"), reg.get("e2e-s-int8")
+    q = quantize_int8(mixed / fp.file, YoloDetector(fp, reg), [square, wide], tmp_path / "mixed-int8.onnx",
+                      fp32_modules=(0, 1))
+    tw.extra = {**tw.extra, "fp32_modules": [0, 1]}
+    install_model(q, tw, mixed)
+    n_mixed = len(quant_params(mixed / tw.file))
+    assert dynamic_main(["e2e-s", "--models-dir", str(mixed)]) == 0
+    after = quant_params(mixed / Registry(mixed).get("e2e-s-int8").file)
+    assert len(after) == n_mixed < len(pa)  # the stem stays fp32: no quantisation parameter gained or lost
 
 
 @pytest.mark.slow
