@@ -87,7 +87,7 @@ class Run:
     imgsz: int
     manifest_sha256: str = ""
     dataset: Path | None = None  # folder built by datasets.build
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the run folder's run.json
 
     @property
     def detect(self) -> bool:
@@ -111,7 +111,7 @@ def load_run(run_dir: Path, data: Path | None = None) -> tuple[Run, Any]:
         manifest = info.get("dataset_manifest") or ""
         data = Path(manifest).parent if manifest and Path(manifest).is_file() else None
     run = Run(run_dir, pt, model.task, names, int(model.model.args.get("imgsz", 640)),
-              info.get("dataset_manifest_sha256", ""), Path(data) if data else None)
+              info.get("dataset_manifest_sha256", ""), Path(data) if data else None, info)
     if run.detect:
         unknown = [n for n in names if n not in LABELS]
         if unknown:
@@ -581,10 +581,8 @@ def export_run(run_dir: Path, models_dir: Path = MODELS_DIR, name: str | None = 
     results_csv = run.dir / "results.csv"
     if results_csv.is_file():
         result["epochs"] = max(0, len(results_csv.read_text().strip().splitlines()) - 1)
-    averaged = json.loads((run.dir / "run.json").read_text(encoding="utf-8")).get("averaged") \
-        if (run.dir / "run.json").is_file() else None  # a training.average run: a weighted mean of checkpoints
-    if averaged:
-        result["averaged"] = averaged
+    if run.extra.get("averaged"):  # a training.average run: a weighted mean of checkpoints
+        result["averaged"] = run.extra["averaged"]
     distilled = run.dir / "distill.json"  # a training.distill run: no epochs, a teacher and a pruned start
     if distilled.is_file():
         result["distill"] = json.loads(distilled.read_text(encoding="utf-8")).get("summary", {})

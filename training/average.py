@@ -25,9 +25,9 @@ takes a training run.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +47,10 @@ def parse_input(item: str) -> tuple[Path, float]:
 
 def even_weights(weights: list[float]) -> list[float]:
     """Weights not given (NaN) share what the given ones leave of 1; all must end in [0, 1], summing to 1."""
-    given = [w for w in weights if w == w]
+    given = [w for w in weights if not math.isnan(w)]
     missing = len(weights) - len(given)
     rest = 1.0 - sum(given)
-    out = [w if w == w else rest / missing for w in weights] if missing else list(weights)
+    out = [rest / missing if math.isnan(w) else w for w in weights]
     if any(w < 0 or w > 1 for w in out) or abs(sum(out) - 1.0) > 1e-6:
         raise SystemExit(f"weights must lie in [0, 1] and sum to 1; got {out}")
     return out
@@ -81,19 +81,12 @@ def average_states(states: list[dict[str, Any]], weights: list[float]) -> dict[s
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def average_checkpoints(inputs: list[tuple[Path, float]], out: Path) -> dict[str, Any]:
     """Write ``out/weights/best.pt`` (the weighted mean of the inputs) and ``out/run.json``; return the record."""
     import copy
 
     from training.common import load_checkpoint, save_checkpoint
+    from wtivision.registry import sha256_file
 
     if len(inputs) < 2:
         raise SystemExit("give at least two checkpoints to average")
@@ -114,7 +107,7 @@ def average_checkpoints(inputs: list[tuple[Path, float]], out: Path) -> dict[str
     model.load_state_dict(state)
     train_args = dict(ckpts[0].get("train_args") or {})
     record: dict[str, Any] = {
-        "averaged": [{"checkpoint": str(p), "sha256": _sha256(p), "weight": w}
+        "averaged": [{"checkpoint": str(p), "sha256": sha256_file(p), "weight": w}
                      for (p, _), w in zip(inputs, weights)],
     }
     # the dataset (and its split) the export evaluates on: the first input's, else the first that names one
